@@ -1,0 +1,1 @@
+"""Layer x layer similarity measures over a DataLoader."""
