@@ -1,0 +1,324 @@
+r"""Assignment solvers: the permutation of positions that maximises an affinity.
+
+Given a batch of square affinity matrices ``A[b]`` of shape ``[S, S]`` (for the semantic
+similarity, ``A[b] = V_i V_j^T``: the inner products between the ``S`` concept vectors of one
+sample and those of another), every solver returns permutations ``perm[b]`` that (approximately)
+maximise the linear assignment objective
+
+.. math::  J(\pi) = \sum_{i=1}^{S} A_{i, \pi(i)},
+
+with ``perm[b, i] = pi(i)``, the column assigned to row ``i``.
+
+Solvers (``SOLVERS``):
+
+``"exact"``
+    The optimum, by :func:`scipy.optimize.linear_sum_assignment` (shortest augmenting paths,
+    about ``O(S^3)``); a batch runs in a thread pool because scipy releases the GIL.
+``"batch_optimal"`` (option ``k``, default 256)
+    The Batch-Optimal approximation of Wald et al., "Decoupling Semantic Similarity from Spatial
+    Alignment for Neural Networks" (NeurIPS 2024): rows are sorted by the norm of sample A's
+    vectors and columns by the norm of sample B's vectors, and exact assignments are solved on
+    the aligned ``k x k`` diagonal blocks of the sorted order.
+``"greedy"``
+    Rows, in decreasing order of their best affinity, each take their best still-free column.
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+try:  # torch is optional for this module: NumPy arrays work without it
+    import torch
+except ImportError:  # pragma: no cover - torch is a hard dependency of the package
+    torch = None
+
+__all__ = [
+    "SOLVERS",
+    "solve_assignment",
+    "assignment_objective",
+    "estimate_exact_seconds",
+    "check_exact_feasible",
+]
+
+SOLVERS = ("exact", "batch_optimal", "greedy")
+
+# ---------------------------------------------------------------------------------------------
+# validation helpers
+
+
+def _to_numpy(x, name):
+    """Return ``x`` (torch tensor, NumPy array or nested sequence) as a NumPy array."""
+    if torch is not None and isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    try:
+        return np.asarray(x)
+    except Exception as exc:  # pragma: no cover - exotic inputs
+        raise TypeError(
+            f"{name} must be a torch tensor or NumPy array, got {type(x).__name__}"
+        ) from exc
+
+
+def _as_affinity_batch(affinity):
+    """Validate ``affinity`` ``[S, S]`` or ``[B, S, S]``; return (float64 ``[B, S, S]``, was_2d)."""
+    a = _to_numpy(affinity, "affinity")
+    if a.dtype == object or not (
+        np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.bool_)
+    ):
+        raise TypeError(f"affinity must hold real numbers, got dtype {a.dtype}")
+    if np.iscomplexobj(a):
+        raise TypeError("affinity must be real-valued, got a complex array")
+    if a.ndim not in (2, 3):
+        raise ValueError(
+            f"affinity must have shape [S, S] or [B, S, S], got {a.ndim}-D shape {tuple(a.shape)}"
+        )
+    was_2d = a.ndim == 2
+    if was_2d:
+        a = a[None]
+    if a.shape[-1] != a.shape[-2]:
+        raise ValueError(
+            f"affinity must be square (S x S), got matrices of shape {tuple(a.shape[-2:])}; "
+            "both samples need the same number of positions S"
+        )
+    if a.shape[-1] == 0:
+        raise ValueError("affinity must have S >= 1 positions, got S = 0")
+    a = np.asarray(a, dtype=np.float64)
+    finite = np.isfinite(a)
+    if not finite.all():
+        b, i, j = np.argwhere(~finite)[0]
+        where = f"[{i}, {j}]" if was_2d else f"[{b}, {i}, {j}]"
+        raise ValueError(
+            f"affinity contains NaN or Inf (first at {where}: {a[b, i, j]}); "
+            "check the features for NaN/Inf before matching"
+        )
+    return a, was_2d
+
+
+def _check_method(method):
+    if method not in SOLVERS:
+        raise ValueError(
+            f"unknown matching method {method!r}; valid methods are: {', '.join(SOLVERS)}"
+        )
+
+
+def _n_workers(n_workers):
+    if n_workers is None:
+        return max(1, os.cpu_count() or 1)
+    if not isinstance(n_workers, (int, np.integer)) or n_workers < 1:
+        raise ValueError(f"n_workers must be a positive integer or None, got {n_workers!r}")
+    return int(n_workers)
+
+
+def _map_batch(fn, a, n_workers):
+    """Apply ``fn`` to every matrix of ``a`` ``[B, S, S]`` (threads when B > 1); return ``[B, S]``."""
+    B, S, _ = a.shape
+    out = np.empty((B, S), dtype=np.int64)
+    workers = min(_n_workers(n_workers), B)
+    if workers <= 1:
+        for b in range(B):
+            out[b] = fn(b)
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for b, p in enumerate(pool.map(fn, range(B))):
+                out[b] = p
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# solvers
+
+
+def _lsa_max(m):
+    """Optimal maximising assignment of one square matrix ``m`` ``[s, s]`` -> ``[s]``."""
+    rows, cols = linear_sum_assignment(m, maximize=True)
+    p = np.empty(m.shape[0], dtype=np.int64)
+    p[rows] = cols
+    return p
+
+
+def _solve_exact(a, n_workers=None):
+    return _map_batch(lambda b: _lsa_max(a[b]), a, n_workers)
+
+
+def _norm_option(norms, name, B, S):
+    if norms is None:
+        return None
+    n = np.asarray(_to_numpy(norms, name), dtype=np.float64)
+    if n.ndim == 1:
+        n = n[None]
+    if n.shape != (B, S):
+        raise ValueError(f"{name} must have shape [B, S] = [{B}, {S}] (or [S]), got {n.shape}")
+    if not np.isfinite(n).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    return n
+
+
+def _solve_batch_optimal(a, k=256, row_norms=None, col_norms=None, n_workers=None):
+    """Wald et al. (2024) Batch-Optimal: exact assignments on aligned ``k x k`` blocks.
+
+    Rows are sorted by ``row_norms`` (norm of sample A's vector at each position) and columns by
+    ``col_norms``, both descending; block ``t`` pairs sorted rows ``t*k .. t*k+k-1`` with sorted
+    columns of the same ranks. Without norms the proxy is the affinity's row maxima (for rows) and
+    column maxima (for columns): for ``A = V_i V_j^T`` the row maximum ``max_j <v_i, w_j>`` grows
+    with ``|v_i|`` and is available without the features.
+    """
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k (block size of batch_optimal) must be a positive integer, got {k!r}")
+    k = int(k)
+    B, S, _ = a.shape
+    rn = _norm_option(row_norms, "row_norms", B, S)
+    cn = _norm_option(col_norms, "col_norms", B, S)
+    if rn is None:
+        rn = a.max(axis=2)
+    if cn is None:
+        cn = a.max(axis=1)
+    row_order = np.argsort(-rn, axis=1, kind="stable")
+    col_order = np.argsort(-cn, axis=1, kind="stable")
+
+    def one(b):
+        p = np.empty(S, dtype=np.int64)
+        ro, co = row_order[b], col_order[b]
+        for start in range(0, S, k):
+            r = ro[start:start + k]
+            c = co[start:start + k]
+            p[r] = c[_lsa_max(a[b][np.ix_(r, c)])]
+        return p
+
+    return _map_batch(one, a, n_workers)
+
+
+def _solve_greedy(a):
+    """Rows in decreasing order of their best affinity each take their best free column.
+
+    Vectorised over the batch: step ``t`` handles the ``t``-th row of every matrix at once;
+    taken columns are masked with ``-inf``. Cost ``O(B S^2)``.
+    """
+    B, S, _ = a.shape
+    order = np.argsort(-a.max(axis=2), axis=1, kind="stable")  # [B, S]
+    taken = np.zeros((B, S), dtype=bool)
+    perm = np.empty((B, S), dtype=np.int64)
+    bidx = np.arange(B)
+    for t in range(S):
+        rows = order[:, t]
+        vals = np.where(taken, -np.inf, a[bidx, rows])  # [B, S]
+        cols = vals.argmax(axis=1)
+        perm[bidx, rows] = cols
+        taken[bidx, cols] = True
+    return perm
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+
+def solve_assignment(affinity, method="exact", **options):
+    """Permutations maximising ``sum_i affinity[b, i, perm[b, i]]``.
+
+    Args:
+        affinity: float ``[B, S, S]`` or ``[S, S]`` (torch tensor or NumPy array). Finite.
+        method: one of :data:`SOLVERS`.
+        **options: solver options:
+            ``exact``: ``n_workers`` (threads for B > 1; default ``os.cpu_count()``);
+            ``batch_optimal``: ``k`` (block size, default 256), ``row_norms``/``col_norms``
+            ``[B, S]`` (norms of the two samples' vectors; default proxies are the affinity's
+            row/column maxima), ``n_workers``;
+            ``greedy``: none.
+
+    Returns:
+        ``np.ndarray[int64]`` ``[B, S]`` (``[S]`` for 2-D input): ``perm[b, i]`` is the column
+        assigned to row ``i``.
+    """
+    _check_method(method)
+    a, was_2d = _as_affinity_batch(affinity)
+    allowed = {
+        "exact": {"n_workers"},
+        "batch_optimal": {"k", "row_norms", "col_norms", "n_workers"},
+        "greedy": set(),
+    }[method]
+    unknown = set(options) - allowed
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {sorted(unknown)} for method {method!r}; "
+            f"valid options: {sorted(allowed) or 'none'}"
+        )
+    if method == "exact":
+        perm = _solve_exact(a, **options)
+    elif method == "batch_optimal":
+        perm = _solve_batch_optimal(a, **options)
+    else:
+        perm = _solve_greedy(a, **options)
+    return perm[0] if was_2d else perm
+
+
+def assignment_objective(affinity, perm):
+    """Objective ``sum_i affinity[b, i, perm[b, i]]`` in float64.
+
+    Args:
+        affinity: ``[B, S, S]`` or ``[S, S]``.
+        perm: integer ``[B, S]`` or ``[S]`` (a permutation of ``0..S-1`` per row).
+
+    Returns:
+        float64 ``[B]`` (a 0-d array for 2-D input).
+    """
+    a, was_2d = _as_affinity_batch(affinity)
+    p = np.asarray(_to_numpy(perm, "perm"))
+    if p.ndim == 1:
+        p = p[None]
+    B, S, _ = a.shape
+    if p.shape != (B, S):
+        raise ValueError(f"perm must have shape {(B, S)[1 if was_2d else 0:]}, got {p.shape}")
+    if not np.issubdtype(p.dtype, np.integer):
+        raise TypeError(f"perm must hold integers, got dtype {p.dtype}")
+    if (p < 0).any() or (p >= S).any():
+        raise ValueError(f"perm entries must lie in [0, {S - 1}]")
+    obj = np.take_along_axis(a, p[:, :, None], axis=2)[:, :, 0].sum(axis=1)
+    return obj[0] if was_2d else obj
+
+
+# Calibration of the exact solver's time (scipy.optimize.linear_sum_assignment on ReLU
+# inner-product affinities, one thread, 2-core CPU): t(S) ~= _EXACT_C3 * S**3 + _EXACT_C2 * S**2.
+_EXACT_C3 = 2.5e-10
+_EXACT_C2 = 5.0e-9
+
+
+def estimate_exact_seconds(S, B=1, n_workers=None):
+    """Estimated wall time in seconds of ``solve_assignment(..., "exact")`` on ``B`` ``S x S``.
+
+    A cubic fit ``t(S) = c3 S^3 + c2 S^2`` to measured single-thread times of scipy's solver on
+    ReLU feature affinities (see benchmarks/bench_matching.py), times ``B / min(B, n_workers)``.
+    """
+    if S < 1 or B < 0:
+        raise ValueError(f"S must be >= 1 and B >= 0, got S={S}, B={B}")
+    workers = min(_n_workers(n_workers), max(int(B), 1))
+    return float((_EXACT_C3 * S**3 + _EXACT_C2 * S**2) * B / workers)
+
+
+def _fmt_seconds(t):
+    if t < 120:
+        return f"{t:.1f} s"
+    if t < 7200:
+        return f"{t / 60:.1f} min"
+    if t < 172800:
+        return f"{t / 3600:.1f} h"
+    return f"{t / 86400:.1f} days"
+
+
+def check_exact_feasible(S, n_pairs, max_seconds=3600.0, n_workers=None):
+    """Raise ``ValueError`` when ``exact`` matching of ``n_pairs`` ``S x S`` problems is too slow.
+
+    The estimate is :func:`estimate_exact_seconds`; the error gives it and suggests an
+    approximate solver. Returns the estimate (seconds) when feasible.
+    """
+    est = estimate_exact_seconds(S, n_pairs, n_workers=n_workers)
+    if est > max_seconds:
+        approx = [m for m in SOLVERS if m != "exact"]
+        raise ValueError(
+            f"exact matching of {n_pairs} pairs with S = {S} positions would take about "
+            f"{_fmt_seconds(est)} (limit {_fmt_seconds(max_seconds)}); use an approximate "
+            f"matching ({', '.join(repr(m) for m in approx)}), fewer samples, or a coarser "
+            "layer (smaller S)"
+        )
+    return est
