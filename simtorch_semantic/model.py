@@ -303,8 +303,8 @@ class SimilarityModel:
         Args:
             inputs: the model input. A tensor is passed as ``model(inputs)``, a tuple as
                 positional arguments ``model(*inputs)``, a dict as keyword arguments
-                ``model(**inputs)``; anything else (a list, a custom object) as the single
-                argument. Tensors inside are moved to ``self.device``.
+                ``model(**inputs)``; anything else (a list, a namedtuple, a custom object) as the
+                single argument. Tensors inside are moved to ``self.device``.
             reduce: optional ``callable(layer_name, tensor) -> value`` called inside the hook on
                 the detached output tensor ``[batch, ...]`` (possibly non-contiguous); its return
                 value is stored instead of a copy of the output.
@@ -319,13 +319,18 @@ class SimilarityModel:
                 f"{_type_name(reduce)}"
             )
         inputs = _to_device(inputs, self.device)
-        modules = dict(self.model.named_modules())
+        named = list(self.model.named_modules())
+        modules = dict(named)
+        all_modules = [module for _, module in named]
+        training = [module.training for module in all_modules]
         store: dict[str, Any] = {}
         handles = []
-        all_modules = list(self.model.modules())
-        training = [m.training for m in all_modules]
         try:
             for name in self.layers:
+                if name not in modules:
+                    raise RuntimeError(
+                        f"layer {name!r} is no longer a submodule of {self.model_name} (was the "
+                        "model changed after wrapping?); create a new SimilarityModel")
                 handles.append(
                     modules[name].register_forward_hook(self._make_hook(name, store, reduce)))
             if any(training):
@@ -333,7 +338,7 @@ class SimilarityModel:
             with torch.no_grad():
                 if isinstance(inputs, dict):
                     self.model(**inputs)
-                elif isinstance(inputs, tuple) and not hasattr(inputs, "_fields"):
+                elif isinstance(inputs, tuple) and not hasattr(inputs, "_fields"):  # not namedtuple
                     self.model(*inputs)
                 else:
                     self.model(inputs)

@@ -409,3 +409,34 @@ def test_inputs_tuple_dict_and_device_move():
 def test_error_message_points_to_available_layers(r18):
     with pytest.raises(ValueError, match=re.escape("SimilarityModel.available_layers()")):
         SimilarityModel(r18, layers_to_include=["nonexistent"])
+
+
+def test_module_removed_after_wrapping():
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    sm = SimilarityModel(model)
+    del model[1]
+    with pytest.raises(RuntimeError, match="'1' is no longer a submodule"):
+        sm.capture(torch.randn(2, 3))
+    assert all_hooks_empty(model)
+
+
+def test_namedtuple_and_list_inputs_passed_as_one_argument():
+    from collections import namedtuple
+
+    Pair = namedtuple("Pair", "a b")
+
+    class Takes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, inp):
+            return self.lin(inp[0] + inp[1])
+
+    model = Takes()
+    a, b = torch.randn(4, 3), torch.randn(4, 3)
+    sm = SimilarityModel(model, layers_to_include="lin")
+    with torch.no_grad():
+        ref = model.lin(a + b)
+    torch.testing.assert_close(sm.capture(Pair(a, b))["lin"], ref)
+    torch.testing.assert_close(sm.capture([a, b])["lin"], ref)
