@@ -1,0 +1,216 @@
+r"""Canonical correlation analysis (CCA) and its similarity indices: mean CCA, SVCCA, PWCCA.
+
+For centred data ``Xc [n, p1]``, ``Yc [n, p2]`` with orthonormal bases ``Qx [n, rx]``, ``Qy [n, ry]``
+of their column spaces (thin QR, or the left singular vectors when a matrix is rank deficient),
+the canonical correlations are the singular values of ``Qx^T Qy``:
+
+    rho_1 >= ... >= rho_k >= 0,   k = min(rx, ry)
+
+equal to the square roots of the eigenvalues of ``Sxx^-1 Sxy Syy^-1 Syx`` (Hotelling 1936;
+Björck & Golub 1973). They are invariant to any invertible linear map of either input.
+
+Ridge CCA (``epsilon > 0``) whitens with ``(Sxx + epsilon I)^-1/2`` where ``Sxx = Xc^T Xc / (n-1)``.
+With the thin SVD ``Xc = Ux diag(s) Vx^T`` this is
+``rho = svd(diag(fx) Ux^T Uy diag(fy))``, ``f = s / sqrt(s^2 + epsilon (n-1))``, well defined
+for any width.
+
+Similarity indices (all in [0, 1], higher is more similar):
+
+* ``mean_rho``: mean of the ``k`` canonical correlations (Kornblith et al. 2019, rho-bar);
+* ``r2``: mean of ``rho^2`` (Yanai's / Kornblith's R^2_CCA);
+* ``svcca``: each input reduced by SVD to the fewest directions keeping ``keep`` of its variance,
+  then ``mean_rho`` (Raghu et al. 2017);
+* ``pwcca``: ``sum_i alpha_i rho_i / sum_i alpha_i`` with ``alpha_i = sum_j |<h_i, x_j>|``, the
+  projection of the canonical variates ``h_i`` onto the centred neurons ``x_j`` of the input with
+  the smaller rank (Morcos et al. 2018).
+
+Small n: when the centred data has rank ``n - 1`` (e.g. ``p >= n - 1``) it spans every centred
+direction and all canonical correlations are 1; the functions raise an error saying how to reduce
+the dimension (``dims=k`` keeps the top-k principal components, ``svcca``, or ``epsilon > 0``).
+When ``rx + ry > n - 1`` at least ``rx + ry - (n - 1)`` correlations are 1 by construction; a
+``RuntimeWarning`` says so.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from simtorch_semantic.functional.rsa import _canonical, _check_same_n, _data_matrix
+
+__all__ = ["CCA_VARIANTS", "cca", "cca_similarity", "svcca", "pwcca"]
+
+CCA_VARIANTS = ("mean_rho", "r2", "svcca", "pwcca")
+
+
+@dataclass
+class _Basis:
+    """One input reduced to what CCA needs: ``U [n, r]`` orthonormal, weights ``f [r]`` (1 for plain
+    CCA), ``P = U^T Xc [r, p]`` (for PWCCA weights) and the sample count ``n``."""
+
+    U: torch.Tensor
+    f: torch.Tensor
+    P: torch.Tensor
+    n: int
+
+    @property
+    def rank(self) -> int:
+        return int(self.U.shape[1])
+
+
+def _rank_tol(s: torch.Tensor, shape) -> float:
+    if s.numel() == 0:
+        return 0.0
+    return float(s.max()) * max(shape) * torch.finfo(s.dtype).eps
+
+
+def _basis(X: torch.Tensor, name: str, epsilon: float = 0.0, dims: int | None = None,
+           keep: float | None = None) -> _Basis:
+    """Centre ``X [n, p]`` and return its CCA basis (plain, ridge, top-``dims`` or ``keep`` variance)."""
+    n, p = X.shape
+    Xc = X - X.mean(dim=0, keepdim=True)
+    if epsilon == 0.0 and dims is None and keep is None and n > p:
+        Q, R = torch.linalg.qr(Xc)
+        d = R.diagonal().abs()
+        if bool((d > _rank_tol(d, (n, p))).all()):
+            return _Basis(Q, torch.ones(p, dtype=X.dtype, device=X.device), R, n)
+    U, s, Vh = torch.linalg.svd(Xc, full_matrices=False)
+    r = int((s > _rank_tol(s, (n, p))).sum())
+    if r == 0:
+        raise ValueError(
+            f"{name} has all samples identical (zero variance after centring); CCA is undefined. "
+            "Pass activations that differ between samples."
+        )
+    if keep is not None:
+        var = s[:r].square()
+        frac = var.cumsum(0) / var.sum()
+        r = min(r, int((frac < keep - 1e-12).sum()) + 1)
+    if dims is not None:
+        r = min(r, dims)
+    U, s, Vh = U[:, :r], s[:r], Vh[:r]
+    if epsilon > 0:
+        f = s / torch.sqrt(s.square() + epsilon * (n - 1))
+    else:
+        f = torch.ones_like(s)
+    return _Basis(U, f, s[:, None] * Vh, n)
+
+
+def _check_degenerate(bx: _Basis, by: _Basis, epsilon: float, func: str) -> None:
+    """Raise when an input spans all centred directions; warn when correlations are forced to 1."""
+    if epsilon > 0:
+        return
+    n = bx.n
+    for b, name in ((bx, "X"), (by, "Y")):
+        if b.rank >= n - 1:
+            raise ValueError(
+                f"{func}: {name} has rank {b.rank} = n - 1 after centring (n={n} samples), so it "
+                "spans every centred direction and every canonical correlation is 1. Reduce the "
+                "dimension first: pass dims=k with k < n - 1 to keep the top-k principal "
+                "components of each input, use svcca(X, Y, keep=0.99), regularise with "
+                "epsilon > 0 (ridge CCA), or use more samples than features."
+            )
+    forced = bx.rank + by.rank - (n - 1)
+    if forced > 0:
+        warnings.warn(
+            f"{func}: ranks {bx.rank} + {by.rank} exceed n - 1 = {n - 1}, so at least {forced} "
+            "canonical correlations are 1 by construction and the similarity is inflated; use "
+            "more samples or fewer dimensions (dims=k, svcca).",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _correlations(bx: _Basis, by: _Basis, vectors: bool = False):
+    """Canonical correlations ``[k]`` (descending) and, with ``vectors``, the left singular vectors."""
+    k = min(bx.rank, by.rank)
+    M = (bx.f[:, None] * (bx.U.T @ by.U)) * by.f[None, :]
+    if vectors:
+        Ua, rho, _ = torch.linalg.svd(M, full_matrices=False)
+        return rho[:k].clamp(0.0, 1.0), Ua[:, :k]
+    return torch.linalg.svdvals(M)[:k].clamp(0.0, 1.0), None
+
+
+def _pwcca_from_bases(bx: _Basis, by: _Basis) -> torch.Tensor:
+    """Projection-weighted mean correlation; weights from the input with the smaller rank."""
+    if by.rank < bx.rank:
+        bx, by = by, bx
+    rho, Ua = _correlations(bx, by, vectors=True)
+    # canonical variates of bx: H = U diag(f) Ua (columns normalised); H^T Xc = (diag(f) Ua)^T P
+    A = bx.f[:, None] * Ua  # [r, k]
+    A = A / torch.linalg.vector_norm(A, dim=0, keepdim=True)
+    alpha = (A.T @ bx.P).abs().sum(dim=1)
+    return (alpha * rho).sum() / alpha.sum()
+
+
+def _similarity_from_bases(bx: _Basis, by: _Basis, variant: str) -> torch.Tensor:
+    if variant == "pwcca":
+        return _pwcca_from_bases(bx, by)
+    rho, _ = _correlations(bx, by)
+    if variant == "r2":
+        return rho.square().mean()
+    return rho.mean()  # mean_rho and svcca
+
+
+def _check_options(epsilon, dims, keep, func):
+    if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or not epsilon >= 0:
+        raise ValueError(f"{func}: epsilon must be a number >= 0, got {epsilon!r}.")
+    if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool) or dims < 1):
+        raise ValueError(f"{func}: dims must be a positive integer or None, got {dims!r}.")
+    if keep is not None and (not isinstance(keep, (int, float)) or not 0 < keep <= 1):
+        raise ValueError(
+            f"{func}: keep must be a fraction of variance in (0, 1], e.g. 0.99, got {keep!r}."
+        )
+
+
+def _prepare(X, Y, epsilon, dims, keep, func):
+    _check_options(epsilon, dims, keep, func)
+    X = _data_matrix(X, "X")
+    Y = _data_matrix(Y, "Y", device=X.device)
+    _check_same_n(X, Y)
+    bx = _basis(X, "X", float(epsilon), dims, keep)
+    by = _basis(Y, "Y", float(epsilon), dims, keep)
+    _check_degenerate(bx, by, float(epsilon), func)
+    return bx, by
+
+
+def cca(X, Y, epsilon: float = 0.0, dims: int | None = None) -> torch.Tensor:
+    """Canonical correlations between ``X [n, ...]`` and ``Y [n, ...]``, descending, float64 ``[k]``.
+
+    ``k = min(rank(Xc), rank(Yc))`` (or ``min(dims, ...)``). ``epsilon > 0``: ridge CCA with
+    ``Sxx + epsilon I`` (covariances divided by ``n - 1``). ``dims=k``: keep only the top-k
+    principal components of each input first (needed when ``p >= n - 1``, see the module
+    docstring).
+    """
+    bx, by = _prepare(X, Y, epsilon, dims, None, "cca")
+    return _correlations(bx, by)[0]
+
+
+def cca_similarity(X, Y, variant: str = "mean_rho", epsilon: float = 0.0, dims: int | None = None,
+                   keep: float = 0.99) -> float:
+    """CCA similarity in [0, 1]: ``variant`` is ``"mean_rho"``, ``"r2"``, ``"svcca"`` or ``"pwcca"``.
+
+    ``keep`` is used by ``"svcca"`` only. See the module docstring for the formulas.
+    """
+    variant = _canonical(variant, CCA_VARIANTS, "variant", "cca_similarity")
+    bx, by = _prepare(X, Y, epsilon, dims, keep if variant == "svcca" else None, variant)
+    return float(_similarity_from_bases(bx, by, variant))
+
+
+def svcca(X, Y, keep: float = 0.99, epsilon: float = 0.0) -> float:
+    """SVCCA (Raghu et al. 2017) of ``X [n, ...]`` and ``Y [n, ...]``, in [0, 1].
+
+    Each centred input is reduced by SVD to the fewest directions that keep ``keep`` of its
+    variance, then the mean canonical correlation of the reduced data is returned.
+    """
+    return cca_similarity(X, Y, "svcca", epsilon=epsilon, keep=keep)
+
+
+def pwcca(X, Y, epsilon: float = 0.0, dims: int | None = None) -> float:
+    """Projection-weighted CCA (Morcos et al. 2018) of ``X [n, ...]`` and ``Y [n, ...]``, in [0, 1].
+
+    ``sum_i alpha_i rho_i / sum_i alpha_i`` with ``alpha_i = sum_j |<h_i, x_j>|`` over the centred
+    neurons ``x_j`` of the input with the smaller rank (``X`` on ties), ``h_i`` its unit-norm
+    canonical variates.
+    """
+    return cca_similarity(X, Y, "pwcca", epsilon=epsilon, dims=dims)

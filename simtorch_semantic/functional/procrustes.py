@@ -1,0 +1,109 @@
+r"""Orthogonal Procrustes distances between two representations of the same ``n`` samples.
+
+Both data matrices ``X [n, p1]`` and ``Y [n, p2]`` are centred (column means removed) and scaled to
+unit Frobenius norm: ``Xn = Xc / ||Xc||_F``. If the widths differ, the narrower matrix is
+zero-padded, which changes none of the quantities below. With ``||.||_*`` the nuclear norm (sum of
+singular values),
+
+    max over orthogonal Q of <Xn, Yn Q> = ||Xn^T Yn||_*        (in [0, 1])
+
+    procrustes_disparity(X, Y) = min_{Q, s} ||Xn - s Yn Q||_F^2 = 1 - ||Xn^T Yn||_*^2
+                               = scipy.spatial.procrustes(X, Y)[2]
+
+    procrustes_angular(X, Y)   = arccos ||Xn^T Yn||_*           (in [0, pi/2])
+
+The angular form is the Procrustes shape metric (Kendall's shape space; Williams et al. 2021,
+"Generalized shape metrics on neural representations"): symmetric, zero exactly when ``Y`` is a
+translated, scaled, rotated/reflected copy of ``X``, and it obeys the triangle inequality. The
+disparity is ``sin^2`` of that angle and is not a metric. Both are distances: lower is more
+similar.
+
+When ``p > n`` the data are first replaced by an ``[n, <= n]`` matrix with the same Gram matrix
+(thin QR of ``X^T``), so the SVD is at most ``n x n``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from simtorch_semantic.functional.rsa import _check_same_n, _data_matrix
+
+__all__ = ["procrustes_disparity", "procrustes_angular", "procrustes_nuclear_norm"]
+
+
+def _normalized(X: torch.Tensor, name: str) -> torch.Tensor:
+    """Centre the columns, scale to unit Frobenius norm and reduce the width to at most ``n``."""
+    Xc = X - X.mean(dim=0, keepdim=True)
+    norm = torch.linalg.matrix_norm(Xc)
+    if not bool(norm > 0):
+        raise ValueError(
+            f"{name} has all samples identical (zero variance after centring), so its shape is "
+            "undefined for Procrustes; pass activations that differ between samples."
+        )
+    Xn = Xc / norm
+    n, p = Xn.shape
+    if p > n:
+        # Xn = R^T Q^T with Q orthonormal columns: same Gram matrix, orthogonally equivalent.
+        R = torch.linalg.qr(Xn.T, mode="r").R  # [n, n]
+        Xn = R.T
+    return Xn
+
+
+def _chord2(Xn: torch.Tensor, Yn: torch.Tensor) -> torch.Tensor:
+    """``min_Q ||Xn - Yn Q||_F^2 = 2 - 2 ||Xn^T Yn||_*`` of normalised data, in [0, 2].
+
+    Evaluated as the residual at the optimal ``Q = U V^T`` (``Yn^T Xn = U S V^T``) rather than from
+    the nuclear norm, so nearly identical shapes give a small number without cancellation.
+    """
+    U, _, Vh = torch.linalg.svd(Yn.T @ Xn, full_matrices=False)
+    return torch.linalg.matrix_norm(Xn - Yn @ (U @ Vh)).square().clamp(0.0, 2.0)
+
+
+def _prepare(X, Y):
+    X = _data_matrix(X, "X")
+    Y = _data_matrix(Y, "Y", device=X.device)
+    _check_same_n(X, Y)
+    return _normalized(X, "X"), _normalized(Y, "Y")
+
+
+def procrustes_nuclear_norm(X, Y) -> float:
+    """``||Xn^T Yn||_*`` in [0, 1] for centred, unit-Frobenius-norm ``X [n, ...]`` and ``Y [n, ...]``.
+
+    The cosine of the Procrustes angle: 1 when ``Y`` is a rotated/reflected, scaled and shifted
+    copy of ``X``.
+    """
+    Xn, Yn = _prepare(X, Y)
+    return float(1.0 - 0.5 * _chord2(Xn, Yn))
+
+
+def procrustes_disparity(X, Y) -> float:
+    """Procrustes disparity ``1 - ||Xn^T Yn||_*^2`` of ``X [n, ...]`` and ``Y [n, ...]`` (float64).
+
+    Equal to ``scipy.spatial.procrustes(X, Y)[2]`` (the sum of squared residuals after optimal
+    translation, scaling and rotation/reflection of the standardised data); different widths are
+    handled by zero-padding the narrower matrix. In [0, 1]; 0 for identical shapes.
+    """
+    Xn, Yn = _prepare(X, Y)
+    return float(_disparity_from_chord2(_chord2(Xn, Yn)))
+
+
+def procrustes_angular(X, Y) -> float:
+    """Angular Procrustes shape distance ``arccos ||Xn^T Yn||_*`` in ``[0, pi/2]`` (a metric).
+
+    ``X [n, ...]`` and ``Y [n, ...]`` are centred and scaled to unit Frobenius norm; widths may
+    differ. Williams et al. 2021. Computed as ``2 asin(c / 2)`` from the optimal residual ``c``
+    (same value, no loss of precision near 0).
+    """
+    Xn, Yn = _prepare(X, Y)
+    return float(_angle_from_chord2(_chord2(Xn, Yn)))
+
+
+def _disparity_from_chord2(c2: torch.Tensor) -> torch.Tensor:
+    # 1 - rho^2 = (1 - rho)(1 + rho) with 1 - rho = c2 / 2
+    h = 0.5 * c2
+    return (h * (2.0 - h)).clamp(0.0, 1.0)
+
+
+def _angle_from_chord2(c2: torch.Tensor) -> torch.Tensor:
+    return 2.0 * torch.asin((0.5 * c2.sqrt()).clamp(0.0, 1.0)).clamp(max=math.pi / 2)

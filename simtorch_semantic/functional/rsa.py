@@ -1,0 +1,370 @@
+r"""Representational dissimilarity matrices (RDMs) and their comparison (RSA).
+
+An RDM of a representation ``X`` of ``n`` samples is the ``[n, n]`` matrix of pairwise
+dissimilarities between the samples' activation patterns (Kriegeskorte et al. 2008).
+
+Metrics (``x_i`` is row ``i`` of ``X`` flattened to ``d`` features)::
+
+    "L2squared"            ||x_i - x_j||^2
+    "L2"                   ||x_i - x_j||
+    "L2squared_normalize"  ||u_i - u_j||^2          u_i = x_i / ||x_i||
+    "L2_normalize"         ||u_i - u_j||
+    "cosine"               1 - <u_i, u_j>           = ||u_i - u_j||^2 / 2
+    "pearson"              1 - r(x_i, x_j)          = ||z_i - z_j||^2 / 2,
+                                                      z_i = (x_i - mean(x_i)) / ||x_i - mean(x_i)||
+
+Every metric is evaluated as a squared Euclidean distance of a transformed matrix ``Z`` with the
+centred Gram trick: ``Zc = Z - mean over samples`` (which leaves distances unchanged but protects
+precision), ``D_ij = g_i + g_j - 2 <zc_i, zc_j>`` with ``g_i = ||zc_i||^2``, clamped at 0, with an
+exactly zero diagonal and exact symmetry. Rows are processed in blocks of ``chunk_size`` and only
+the upper block triangle is multiplied, so the temporary memory is ``chunk_size x n``.
+
+Undefined entries: a constant pattern has no Pearson correlation with anything, and an all-zero
+pattern has no direction (``cosine``, ``*_normalize``). Their rows and columns of the RDM are NaN
+and a ``RuntimeWarning`` names the rows.
+
+RDM comparison (``compare_rdms``) correlates the upper triangles (``i < j``) by cosine, Pearson,
+Spearman or Kendall's tau-b. With ``center=True`` both full matrices are double-centred first
+(``H R H`` with ``H = I - 11^T/n``) and compared whole, the diagonal included. This makes the
+link with CKA exact (Williams 2024, "Equivalence between representational similarity analysis,
+centered kernel alignment, and canonical correlations analysis"): for squared Euclidean RDMs
+``H D H = -2 H X X^T H`` (note the sign), so
+
+    compare_rdms(rdm(X, "L2squared"), rdm(Y, "L2squared"), "cosine", center=True)
+        == linear_cka(X, Y)                                  (biased linear CKA)
+
+and likewise ``"L2squared_normalize"`` / ``"cosine"`` RDMs give linear CKA of row-normalised data,
+and ``"pearson"`` RDMs give linear CKA of row-z-scored data. Comparisons of the upper triangles
+alone (``center=False``, the classic RSA) are related to these values but not equal to them: they
+drop the diagonal and remove at most the overall mean of the entries (``"pearson"``), not the row
+and column means that double-centring removes, so they can differ noticeably from CKA.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from simtorch_semantic.functional._validation import as_matrix, check_same_n
+
+__all__ = [
+    "RDM_METRICS",
+    "COMPARE_METHODS",
+    "rdm",
+    "compare_rdms",
+    "compare_rdms_all_pairs",
+    "double_center",
+    "upper_triangle",
+]
+
+RDM_METRICS = ("pearson", "L2", "L2squared", "L2_normalize", "L2squared_normalize", "cosine")
+COMPARE_METHODS = ("cosine", "pearson", "spearman", "kendall")
+
+# temporary block of the RDM computation is at most this many elements unless chunk_size is given
+_AUTO_BLOCK_ELEMENTS = 2**25
+
+
+# --------------------------------------------------------------------------- helpers (shared)
+def _data_matrix(X, name: str, dtype=torch.float64, device=None, min_n: int = 3) -> torch.Tensor:
+    """Validate ``X`` ``[n, ...]`` and return it as ``[n, d]`` in ``dtype`` on ``device``.
+
+    Uses ``_validation.as_matrix`` (1-D input, NaN/Inf, n < 2) and additionally requires
+    ``n >= min_n``.
+    """
+    M = as_matrix(X, name=name)
+    if M.shape[0] < min_n:
+        raise ValueError(
+            f"{name} has n={M.shape[0]} samples; at least {min_n} are needed (pass an array "
+            f"of shape [n, ...] with n >= {min_n} samples in the first dimension)."
+        )
+    dev = M.device if device is None else torch.device(device)
+    return M.to(device=dev, dtype=dtype)
+
+
+def _check_same_n(X: torch.Tensor, Y: torch.Tensor, names=("X", "Y")) -> None:
+    """Raise a clear error when two data matrices do not have the same number of samples."""
+    check_same_n(X, Y, names)
+
+
+def _canonical(value: str, valid: Sequence[str], what: str, func: str) -> str:
+    """Map ``value`` case-insensitively onto one of ``valid`` or raise listing the valid ones."""
+    if isinstance(value, str):
+        for v in valid:
+            if value.lower() == v.lower():
+                return v
+    raise ValueError(
+        f"{func}: unknown {what} {value!r}; valid {what}s are "
+        + ", ".join(repr(v) for v in valid)
+        + "."
+    )
+
+
+def _row_list(rows: torch.Tensor, limit: int = 10) -> str:
+    idx = rows.tolist()
+    text = ", ".join(str(i) for i in idx[:limit])
+    if len(idx) > limit:
+        text += f", ... ({len(idx)} in total)"
+    return "[" + text + "]"
+
+
+# --------------------------------------------------------------------------- RDM
+def rdm(
+    X,
+    metric: str = "pearson",
+    dtype: torch.dtype = torch.float64,
+    chunk_size: int | None = None,
+    device=None,
+) -> torch.Tensor:
+    """Representational dissimilarity matrix of the ``n`` patterns in ``X``.
+
+    Args:
+        X: activations ``[n, ...]`` (torch tensor or NumPy array); each sample is flattened.
+        metric: one of ``"pearson"`` (1 - Pearson r), ``"L2"``, ``"L2squared"``,
+            ``"L2_normalize"``, ``"L2squared_normalize"`` (rows L2-normalised first),
+            ``"cosine"`` (1 - cosine similarity). See the module docstring for the formulas.
+        dtype: precision of the computation and the result (float64 by default; float32 is
+            faster on GPUs).
+        chunk_size: rows per block; the temporary memory is ``chunk_size x n`` entries. ``None``
+            picks about ``n / 4`` rows (at least 512), capped at 2**25 entries per block.
+        device: where to compute (default: the device of ``X``).
+
+    Returns:
+        ``[n, n]`` symmetric tensor with a zero diagonal and non-negative entries. Rows/columns of
+        constant patterns (``"pearson"``) or all-zero patterns (``"cosine"``, ``"*_normalize"``)
+        are NaN, with a ``RuntimeWarning`` naming them.
+    """
+    metric = _canonical(metric, RDM_METRICS, "metric", "rdm")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"rdm: dtype must be a floating torch dtype such as torch.float64, got {dtype!r}.")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"rdm: chunk_size must be a positive integer or None, got {chunk_size!r}.")
+    Z = _data_matrix(X, "X", dtype=dtype, device=device)
+    n = Z.shape[0]
+
+    undefined = None
+    if metric == "pearson":
+        undefined = Z.amax(dim=1) == Z.amin(dim=1)
+        Z = Z - Z.mean(dim=1, keepdim=True)
+    elif metric in ("cosine", "L2_normalize", "L2squared_normalize"):
+        undefined = ~(Z != 0).any(dim=1)
+    if undefined is not None:
+        norms = torch.linalg.vector_norm(Z, dim=1, keepdim=True)
+        norms = torch.where(undefined[:, None], torch.ones_like(norms), norms)
+        Z = Z / norms
+        Z[undefined] = 0
+        if bool(undefined.any()):
+            rows = torch.nonzero(undefined).flatten().cpu()
+            kind = "constant" if metric == "pearson" else "all-zero"
+            why = (
+                "the Pearson correlation with a constant pattern is undefined"
+                if metric == "pearson"
+                else "an all-zero pattern has no direction"
+            )
+            warnings.warn(
+                f"rdm(metric={metric!r}): rows {_row_list(rows)} of X are {kind}; {why}, so "
+                "those rows and columns of the RDM are NaN. Drop those samples, or use "
+                "metric='L2squared', for a NaN-free RDM.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    D = _squared_distances(Z, chunk_size)
+    if metric in ("L2", "L2_normalize"):
+        D.sqrt_()
+    elif metric in ("cosine", "pearson"):
+        D.mul_(0.5).clamp_(max=2.0)
+    if undefined is not None and bool(undefined.any()):
+        D[undefined, :] = float("nan")
+        D[:, undefined] = float("nan")
+    return D
+
+
+def _squared_distances(Z: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+    """Exactly symmetric ``[n, n]`` squared Euclidean distances between the rows of ``Z``.
+
+    Centred Gram trick over row blocks; only blocks on or above the diagonal are multiplied.
+    """
+    n = Z.shape[0]
+    Zc = Z - Z.mean(dim=0, keepdim=True)
+    g = (Zc * Zc).sum(dim=1)
+    if chunk_size is None:
+        # a few blocks halve the work (only the upper block triangle is multiplied) while each
+        # product stays large enough to run at full BLAS speed
+        chunk_size = max(1, min(n, _AUTO_BLOCK_ELEMENTS // n, max(512, -(-n // 4))))
+    out = torch.empty((n, n), dtype=Z.dtype, device=Z.device)
+    for s in range(0, n, chunk_size):
+        e = min(n, s + chunk_size)
+        blk = Zc[s:e] @ Zc[s:].T  # [e - s, n - s]
+        blk.mul_(-2.0).add_(g[s:e, None]).add_(g[None, s:])
+        blk.clamp_(min=0.0)
+        c = e - s
+        diag_blk = blk[:, :c]
+        diag_blk.copy_((diag_blk + diag_blk.T) * 0.5)
+        diag_blk.fill_diagonal_(0.0)
+        out[s:e, s:] = blk
+        out[e:, s:e] = blk[:, c:].T
+    return out
+
+
+# --------------------------------------------------------------------------- comparison
+def double_center(R) -> torch.Tensor:
+    """Double-centred matrix ``H R H`` (``H = I - 11^T / n``) of a square ``[n, n]`` matrix, float64."""
+    R = _as_rdm(R, "R")
+    return _double_center(R)
+
+
+def _double_center(R: torch.Tensor) -> torch.Tensor:
+    R = R - R.mean(dim=0, keepdim=True)
+    return R - R.mean(dim=1, keepdim=True)
+
+
+def upper_triangle(R) -> torch.Tensor:
+    """Entries above the diagonal (``i < j``, row-major) of a square ``[n, n]`` matrix: ``[n(n-1)/2]``."""
+    R = _as_rdm(R, "R")
+    return _upper(R)
+
+
+def _upper(R: torch.Tensor) -> torch.Tensor:
+    n = R.shape[0]
+    iu = torch.triu_indices(n, n, offset=1, device=R.device)
+    return R[iu[0], iu[1]]
+
+
+def _as_rdm(R, name: str) -> torch.Tensor:
+    """Validate a square RDM ``[n, n]`` (n >= 3, no NaN) and return it as float64 tensor."""
+    if isinstance(R, np.ndarray):
+        if R.dtype == object or R.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must be a numeric [n, n] array, got dtype {R.dtype}.")
+        R = torch.from_numpy(np.ascontiguousarray(R))
+    elif not isinstance(R, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor or numpy.ndarray of shape [n, n], got {type(R).__name__}."
+        )
+    if R.ndim != 2 or R.shape[0] != R.shape[1]:
+        raise ValueError(
+            f"{name} must be a square RDM of shape [n, n], got shape {tuple(R.shape)}; build one "
+            "with rdm(X, metric)."
+        )
+    if R.shape[0] < 3:
+        raise ValueError(
+            f"{name} is {R.shape[0]}x{R.shape[0]}; comparing RDMs needs n >= 3 samples (at least "
+            "3 entries above the diagonal)."
+        )
+    R = R.to(torch.float64)
+    bad = ~torch.isfinite(R)
+    if bool(bad.any()):
+        whole = bad.sum(dim=1) >= R.shape[0] - 1  # samples whose whole row is undefined
+        rows = torch.nonzero(whole if bool(whole.any()) else bad.any(dim=1)).flatten().cpu()
+        raise ValueError(
+            f"{name} contains NaN/Inf in rows {_row_list(rows)} (e.g. constant patterns under "
+            "metric='pearson'); drop those samples from both RDMs before comparing them."
+        )
+    return R
+
+
+def _rdm_vectors(Rs: Sequence[torch.Tensor], center: bool) -> torch.Tensor:
+    """Stack the entries compared by ``compare_rdms``: ``[k, n(n-1)/2]`` or ``[k, n*n]``, float64."""
+    if center:
+        return torch.stack([_double_center(R).reshape(-1) for R in Rs])
+    return torch.stack([_upper(R) for R in Rs])
+
+
+def _ranks(V: torch.Tensor) -> torch.Tensor:
+    """Average ranks (ties share their mean rank) of each row of ``V`` ``[k, m]``, float64."""
+    from scipy.stats import rankdata
+
+    return torch.from_numpy(rankdata(V.cpu().numpy(), axis=1, method="average")).to(
+        device=V.device, dtype=torch.float64
+    )
+
+
+def _unit_rows(V: torch.Tensor, center: bool) -> torch.Tensor:
+    if center:
+        V = V - V.mean(dim=1, keepdim=True)
+    norms = torch.linalg.vector_norm(V, dim=1, keepdim=True)
+    if bool((norms == 0).any()):
+        warnings.warn(
+            "compare_rdms: an RDM has no variation in the compared entries (e.g. all "
+            "distances equal); its similarity is undefined and returned as NaN.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return V / norms
+
+
+def _vector_similarities(V1: torch.Tensor, V2: torch.Tensor, method: str, progress: bool = False) -> np.ndarray:
+    """``[k1, k2]`` similarities between the rows of ``V1`` and ``V2`` (float64 NumPy)."""
+    if method == "cosine":
+        S = _unit_rows(V1, False) @ _unit_rows(V2, False).T
+    elif method == "pearson":
+        S = _unit_rows(V1, True) @ _unit_rows(V2, True).T
+    elif method == "spearman":
+        S = _unit_rows(_ranks(V1), True) @ _unit_rows(_ranks(V2), True).T
+    else:  # kendall: no product form; one O(m log m) tau-b per pair
+        from scipy.stats import kendalltau
+        from tqdm.auto import tqdm
+
+        A = V1.cpu().numpy()
+        B = V2.cpu().numpy()
+        out = np.empty((A.shape[0], B.shape[0]))
+        pairs = [(i, j) for i in range(A.shape[0]) for j in range(B.shape[0])]
+        for i, j in tqdm(pairs, desc="kendall tau", disable=not progress or len(pairs) < 2):
+            out[i, j] = kendalltau(A[i], B[j]).statistic
+        return out
+    return S.clamp(-1.0, 1.0).cpu().numpy().astype(np.float64)
+
+
+def compare_rdms(A, B, method: str = "cosine", center: bool = False) -> float:
+    """Similarity of two RDMs ``[n, n]`` over the same ``n`` samples.
+
+    Args:
+        A, B: RDMs ``[n, n]`` (torch or NumPy), e.g. from :func:`rdm`; n >= 3, no NaN.
+        method: ``"cosine"``, ``"pearson"``, ``"spearman"`` (Pearson of average ranks) or
+            ``"kendall"`` (tau-b, ``scipy.stats.kendalltau``).
+        center: ``False`` compares the upper triangles ``A[i, j], i < j`` (classic RSA).
+            ``True`` double-centres both full matrices (``H A H``, ``H B H``) and compares all
+            ``n*n`` entries, diagonal included; with ``method="cosine"`` and squared Euclidean
+            RDMs this is exactly linear CKA (see the module docstring).
+
+    Returns:
+        float in ``[-1, 1]`` (NaN, with a warning, when an RDM has no variation).
+    """
+    method = _canonical(method, COMPARE_METHODS, "method", "compare_rdms")
+    A = _as_rdm(A, "A")
+    B = _as_rdm(B, "B")
+    if A.shape != B.shape:
+        raise ValueError(
+            f"A and B must be RDMs of the same n samples, got shapes {tuple(A.shape)} and "
+            f"{tuple(B.shape)}; compute both from activations of the same samples."
+        )
+    B = B.to(A.device)
+    V = _rdm_vectors([A, B], bool(center))
+    return float(_vector_similarities(V[:1], V[1:], method)[0, 0])
+
+
+def compare_rdms_all_pairs(
+    As: Sequence, Bs: Sequence, method: str = "cosine", center: bool = False, progress: bool = False
+) -> np.ndarray:
+    """``[a, b]`` matrix of :func:`compare_rdms` between every RDM in ``As`` and every RDM in ``Bs``.
+
+    ``As`` is a sequence of ``a`` RDMs ``[n, n]`` (or a tensor ``[a, n, n]``), ``Bs`` likewise.
+    The entries of each RDM are extracted once; cosine, Pearson and Spearman are one matrix
+    product for all pairs (Spearman ranks each RDM once). Kendall's tau runs per pair.
+    """
+    method = _canonical(method, COMPARE_METHODS, "method", "compare_rdms_all_pairs")
+    As = [_as_rdm(R, f"As[{i}]") for i, R in enumerate(As)]
+    Bs = [_as_rdm(R, f"Bs[{i}]") for i, R in enumerate(Bs)]
+    if not As or not Bs:
+        raise ValueError("compare_rdms_all_pairs: As and Bs must each hold at least one RDM.")
+    shapes = {tuple(R.shape) for R in As + Bs}
+    if len(shapes) != 1:
+        raise ValueError(
+            f"compare_rdms_all_pairs: all RDMs must have the same shape [n, n], got {sorted(shapes)}."
+        )
+    dev = As[0].device
+    V1 = _rdm_vectors([R.to(dev) for R in As], bool(center))
+    V2 = _rdm_vectors([R.to(dev) for R in Bs], bool(center))
+    return _vector_similarities(V1, V2, method, progress=progress)
