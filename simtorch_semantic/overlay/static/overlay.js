@@ -1,0 +1,355 @@
+// Interactive similarity overlays (Fong, Mordvintsev, Vedaldi, Olah; VISxAI 2021).
+// One script for both front ends: the Jupyter widget (anywidget ESM, `export default {render}`)
+// and the standalone HTML export (which builds a local model with makeLocalModel and calls
+// render). All similarity maps arrive once as deflate-compressed uint8 "sprites"; hovering only
+// slices the hovered query's row out of them and paints canvases; nothing calls back to Python.
+//
+// Sprite layout per layer (N images, P = h * w cells): byte [(a * P + q) * N * P + b * P + p]
+// holds the quantised similarity of query cell q of image a to cell p of image b;
+// value = lo + byte * (hi - lo) / 255.
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+const LAYER_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
+
+function b64bytes(text) {
+  const bin = atob(text);
+  const out = new Uint8Array(bin.length);
+  for (let k = 0; k < bin.length; k++) out[k] = bin.charCodeAt(k);
+  return out;
+}
+
+async function inflate(bytes) {
+  if (typeof DecompressionStream === "undefined") {
+    throw new Error("this browser lacks DecompressionStream; use a current Chrome, Firefox or Safari");
+  }
+  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+function el_(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "style") Object.assign(node.style, v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+function svg_(tag, attrs) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  return node;
+}
+
+// A minimal stand-in for the anywidget model, used by the standalone HTML page.
+function makeLocalModel(initial) {
+  const values = Object.assign({}, initial);
+  const handlers = {};
+  return {
+    get: (key) => values[key],
+    set: (key, value) => {
+      values[key] = value;
+      for (const f of handlers["change:" + key] || []) f();
+    },
+    on: (event, f) => { (handlers[event] = handlers[event] || []).push(f); },
+    off: () => {},
+    save_changes: () => {},
+  };
+}
+
+// Cell of an h x w grid under the fractional position (fy, fx) in [0, 1).
+function cellAt(fy, fx, h, w) {
+  return [Math.min(h - 1, Math.max(0, Math.floor(fy * h))),
+          Math.min(w - 1, Math.max(0, Math.floor(fx * w)))];
+}
+
+function placeMarker(marker, i, j, h, w) {
+  marker.style.left = (100 * j / w) + "%";
+  marker.style.top = (100 * i / h) + "%";
+  marker.style.width = (100 / w) + "%";
+  marker.style.height = (100 / h) + "%";
+  marker.style.display = "block";
+  marker.dataset.i = String(i);
+  marker.dataset.j = String(j);
+}
+
+async function render({ model, el }) {
+  const data = JSON.parse(model.get("data"));
+  const N = data.images.length;
+  const cell = data.cell || 160;
+  const layers = await Promise.all(data.layers.map(async (L) => ({
+    name: L.name, h: L.h, w: L.w, lo: L.lo, hi: L.hi,
+    maps: await inflate(b64bytes(L.sprite)),
+    nmf: L.nmf ? b64bytes(L.nmf) : null,
+  })));
+  const luts = {};
+  for (const [name, text] of Object.entries(data.colormaps)) luts[name] = b64bytes(text);
+  const sens = data.sensitivity;
+  let query = null;      // {n, fy, fx}: hovered image and fractional position
+  let pinned = false;
+
+  const root = el_("div", { class: "sto-root" });
+  root.style.setProperty("--sto-cell", cell + "px");
+  el.replaceChildren(root);
+
+  // ---------------------------------------------------------------- controls
+  const controls = el_("div", { class: "sto-controls" });
+  const layerBoxes = el_("span", { class: "sto-layers" }, "layers: ");
+  for (const L of layers) {
+    const box = el_("input", { type: "checkbox", "data-layer": L.name });
+    box.checked = (model.get("layers_on") || []).includes(L.name);
+    box.addEventListener("change", () => {
+      const on = layers.filter((M) => layerBoxes.querySelector(
+        `input[data-layer="${CSS.escape(M.name)}"]`).checked).map((M) => M.name);
+      model.set("layers_on", on);
+      model.save_changes();
+      update();
+    });
+    layerBoxes.append(el_("label", {}, box, ` ${L.name} (${L.h}\u00d7${L.w}) `));
+  }
+  const alpha = el_("input", { type: "range", min: "0", max: "1", step: "0.05", class: "sto-alpha" });
+  alpha.value = String(model.get("alpha"));
+  alpha.addEventListener("input", () => {
+    model.set("alpha", parseFloat(alpha.value));
+    model.save_changes();
+    update();
+  });
+  const cmap = el_("select", { class: "sto-cmap" });
+  for (const name of Object.keys(luts)) cmap.append(el_("option", { value: name }, name));
+  cmap.value = model.get("cmap");
+  cmap.addEventListener("change", () => {
+    model.set("cmap", cmap.value);
+    model.save_changes();
+    update();
+  });
+  controls.append(layerBoxes, el_("label", {}, " opacity ", alpha), el_("label", {}, " colours ", cmap));
+  let nmfBox = null;
+  if (data.nmf) {
+    nmfBox = el_("input", { type: "checkbox", class: "sto-nmf-toggle" });
+    nmfBox.checked = !!model.get("show_nmf");
+    nmfBox.addEventListener("change", () => {
+      model.set("show_nmf", nmfBox.checked);
+      model.save_changes();
+      update();
+    });
+    controls.append(el_("label", {}, " ", nmfBox, ` NMF groups (k=${data.nmf.k})`));
+  }
+  const info = el_("div", { class: "sto-info" },
+    `${data.model} \u00b7 ${data.similarity} similarity \u00b7 hover a patch; click to pin`);
+  root.append(controls, info);
+
+  // ---------------------------------------------------------------- image grid
+  const grid = el_("div", { class: "sto-grid" });
+  root.append(grid);
+  const header = el_("div", { class: "sto-row sto-header" }, el_("div", { class: "sto-label" }));
+  for (const im of data.images) header.append(el_("div", { class: "sto-name" }, im.name));
+  grid.append(header);
+
+  function makeCell(n, L, kind) {
+    const img = el_("img", { class: "sto-img", src: data.images[n].src, draggable: "false", alt: data.images[n].name });
+    const canvas = el_("canvas", { class: kind === "nmf" ? "sto-nmf" : "sto-ov", width: String(L.w), height: String(L.h) });
+    const marker = el_("div", { class: "sto-marker" });
+    const box = el_("div", { class: "sto-cell", "data-image": String(n), "data-layer": L.name }, img, canvas, marker);
+    box.addEventListener("mousemove", (ev) => {
+      if (pinned) return;
+      const r = box.getBoundingClientRect();
+      query = { n, fy: Math.min(0.999999, Math.max(0, (ev.clientY - r.top) / r.height)),
+                fx: Math.min(0.999999, Math.max(0, (ev.clientX - r.left) / r.width)) };
+      update();
+    });
+    box.addEventListener("click", () => { pinned = !pinned; root.dataset.pinned = String(pinned); });
+    return { box, canvas, marker };
+  }
+
+  const rows = layers.map((L) => {
+    const row = el_("div", { class: "sto-row", "data-layer": L.name },
+      el_("div", { class: "sto-label" }, `${L.name}`, el_("br"), `${L.h}\u00d7${L.w}`));
+    const cells = [];
+    for (let n = 0; n < N; n++) { const c = makeCell(n, L, "ov"); cells.push(c); row.append(c.box); }
+    grid.append(row);
+    let nmfRow = null, nmfCells = [];
+    if (L.nmf) {
+      nmfRow = el_("div", { class: "sto-row sto-nmf-row", "data-layer": L.name },
+        el_("div", { class: "sto-label" }, `${L.name}`, el_("br"), "NMF"));
+      for (let n = 0; n < N; n++) {
+        const c = makeCell(n, L, "nmf");
+        const ctx = c.canvas.getContext("2d");
+        const image = ctx.createImageData(L.w, L.h);
+        const P = L.h * L.w;
+        for (let p = 0; p < P; p++) {
+          for (let k = 0; k < 3; k++) image.data[4 * p + k] = L.nmf[(n * P + p) * 3 + k];
+          image.data[4 * p + 3] = 255;
+        }
+        ctx.putImageData(image, 0, 0);
+        nmfCells.push(c);
+        nmfRow.append(c.box);
+      }
+      grid.append(nmfRow);
+    }
+    return { row, cells, nmfRow, nmfCells };
+  });
+
+  if (data.nmf) {
+    const legend = el_("div", { class: "sto-legend" }, "NMF factors: ");
+    data.nmf.colors.forEach((c, k) => legend.append(
+      el_("span", { class: "sto-swatch", style: { background: c } }), ` ${k + 1} `));
+    root.append(legend);
+  }
+
+  // ---------------------------------------------------------------- sensitivity chart
+  let chart = null;
+  if (sens) {
+    const W = 420, H = 220, m = { l: 48, r: 12, t: 12, b: 38 };
+    const xs = sens.values;
+    let ylo = Infinity, yhi = -Infinity;
+    for (const S of Object.values(sens.layers)) for (const row of S.curves) for (const v of row) {
+      if (v !== null) { ylo = Math.min(ylo, v); yhi = Math.max(yhi, v); }
+    }
+    if (!isFinite(ylo)) { ylo = 0; yhi = 1; }
+    if (yhi - ylo < 1e-9) { yhi = ylo + 1; }
+    const xlo = Math.min(...xs), xhi = Math.max(...xs) > xlo ? Math.max(...xs) : xlo + 1;
+    const X = (v) => m.l + (W - m.l - m.r) * (v - xlo) / (xhi - xlo);
+    const Y = (v) => H - m.b - (H - m.t - m.b) * (v - ylo) / (yhi - ylo);
+    const svg = svg_("svg", { class: "sto-chart", width: String(W), height: String(H), viewBox: `0 0 ${W} ${H}` });
+    svg.append(svg_("line", { x1: m.l, y1: H - m.b, x2: W - m.r, y2: H - m.b, class: "sto-axis" }));
+    svg.append(svg_("line", { x1: m.l, y1: m.t, x2: m.l, y2: H - m.b, class: "sto-axis" }));
+    xs.forEach((v, t) => {
+      const tx = svg_("text", { x: X(v), y: H - m.b + 14, class: "sto-tick", "text-anchor": "middle" });
+      tx.textContent = sens.labels[t];
+      svg.append(tx);
+    });
+    for (const v of [ylo, (ylo + yhi) / 2, yhi]) {
+      const ty = svg_("text", { x: m.l - 4, y: Y(v) + 4, class: "sto-tick", "text-anchor": "end" });
+      ty.textContent = v.toFixed(2);
+      svg.append(ty);
+    }
+    const xl = svg_("text", { x: (m.l + W - m.r) / 2, y: H - 4, class: "sto-axis-label", "text-anchor": "middle" });
+    xl.textContent = sens.kind === "rotation" ? "rotation (degrees)" : "zoom factor";
+    svg.append(xl);
+    const yl = svg_("text", { x: 12, y: (m.t + H - m.b) / 2, class: "sto-axis-label", "text-anchor": "middle",
+      transform: `rotate(-90 12 ${(m.t + H - m.b) / 2})` });
+    yl.textContent = `${data.similarity} to the original patch`;
+    svg.append(yl);
+    const plot = svg_("g", { class: "sto-curves" });
+    svg.append(plot);
+    const legend = el_("div", { class: "sto-chart-legend" });
+    chart = { svg, plot, X, Y, legend };
+    root.append(el_("div", { class: "sto-chart-box" }, svg, legend));
+  }
+
+  function drawChart(perLayer) {
+    chart.plot.replaceChildren();
+    chart.legend.replaceChildren();
+    const parts = [];
+    perLayer.forEach(({ L, li, orig, n }) => {
+      const color = LAYER_COLORS[li % LAYER_COLORS.length];
+      const S = sens.layers[L.name];
+      chart.legend.append(el_("span", { class: "sto-swatch", style: { background: color } }),
+        orig < 0 ? ` ${L.name}: outside the original frame ` : ` ${L.name} `);
+      if (orig < 0) return;
+      let seg = [];
+      const flush = () => {
+        if (seg.length > 1) chart.plot.append(svg_("polyline", { points: seg.join(" "), stroke: color, class: "sto-line" }));
+        seg = [];
+      };
+      sens.values.forEach((v, t) => {
+        const y = S.curves[t][orig];
+        if (y === null) { flush(); return; }
+        seg.push(`${chart.X(v).toFixed(1)},${chart.Y(y).toFixed(1)}`);
+        chart.plot.append(svg_("circle", { cx: chart.X(v), cy: chart.Y(y), r: t === n ? 5 : 2.5, fill: color,
+          class: t === n ? "sto-point sto-current" : "sto-point" }));
+      });
+      flush();
+      parts.push(`${L.name}:${orig}`);
+    });
+    chart.svg.dataset.query = parts.join(";");
+  }
+
+  // ---------------------------------------------------------------- painting
+  function update() {
+    const on = model.get("layers_on") || [];
+    const showNmf = !!model.get("show_nmf");
+    const a = model.get("alpha");
+    const lut = luts[model.get("cmap")] || Object.values(luts)[0];
+    const perLayer = [];
+    layers.forEach((L, li) => {
+      const R = rows[li];
+      const visible = on.includes(L.name);
+      R.row.style.display = visible ? "" : "none";
+      if (R.nmfRow) R.nmfRow.style.display = visible && showNmf ? "" : "none";
+      for (const c of R.nmfCells) c.canvas.style.opacity = String(a);
+      if (!visible || !query) return;
+      const [i, j] = cellAt(query.fy, query.fx, L.h, L.w);
+      const P = L.h * L.w;
+      const base = ((query.n * P) + i * L.w + j) * N * P;
+      for (let b = 0; b < N; b++) {
+        const cv = R.cells[b].canvas;
+        const ctx = cv.getContext("2d");
+        const image = ctx.createImageData(L.w, L.h);
+        const off = base + b * P;
+        for (let p = 0; p < P; p++) {
+          const v = 3 * L.maps[off + p];
+          image.data[4 * p] = lut[v];
+          image.data[4 * p + 1] = lut[v + 1];
+          image.data[4 * p + 2] = lut[v + 2];
+          image.data[4 * p + 3] = 255;
+        }
+        ctx.putImageData(image, 0, 0);
+        cv.style.opacity = String(a);
+        cv.dataset.query = `${query.n},${i},${j}`;
+      }
+      let orig = -1;
+      if (sens) {
+        const S = sens.layers[L.name];
+        orig = S.inverse[query.n][i * L.w + j];
+        perLayer.push({ L, li, orig, n: query.n });
+      }
+      for (const group of [R.cells, R.nmfCells]) {
+        group.forEach((c, b) => {
+          c.marker.classList.remove("sto-corr");
+          if (b === query.n) { placeMarker(c.marker, i, j, L.h, L.w); return; }
+          if (sens && orig >= 0) {
+            const p = sens.layers[L.name].forward[b][orig];
+            if (p >= 0) {
+              placeMarker(c.marker, Math.floor(p / L.w), p % L.w, L.h, L.w);
+              c.marker.classList.add("sto-corr");
+              return;
+            }
+          }
+          c.marker.style.display = "none";
+          delete c.marker.dataset.i;
+          delete c.marker.dataset.j;
+        });
+      }
+      const self = L.lo + L.maps[base + query.n * P + i * L.w + j] * (L.hi - L.lo) / 255;
+      R.row.dataset.query = `${query.n},${i},${j}`;
+      R.row.dataset.self = self.toFixed(3);
+    });
+    if (chart && query) drawChart(perLayer);
+    if (query) {
+      root.dataset.query = `${query.n},${query.fy.toFixed(4)},${query.fx.toFixed(4)}`;
+      info.textContent = `${data.model} \u00b7 ${data.similarity} similarity \u00b7 image ` +
+        `"${data.images[query.n].name}" at (${query.fy.toFixed(2)}, ${query.fx.toFixed(2)})` +
+        (pinned ? " \u00b7 pinned (click to release)" : "");
+    }
+  }
+
+  for (const key of ["alpha", "cmap", "layers_on", "show_nmf"]) {
+    model.on("change:" + key, () => {
+      if (key === "alpha") alpha.value = String(model.get("alpha"));
+      if (key === "cmap") cmap.value = model.get("cmap");
+      if (key === "show_nmf" && nmfBox) nmfBox.checked = !!model.get("show_nmf");
+      if (key === "layers_on") {
+        for (const box of layerBoxes.querySelectorAll("input")) {
+          box.checked = (model.get("layers_on") || []).includes(box.dataset.layer);
+        }
+      }
+      update();
+    });
+  }
+  root.dataset.ready = "true";
+  update();
+}
+
+export default { render };
