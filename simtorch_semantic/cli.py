@@ -1,0 +1,426 @@
+"""The ``simtorch-semantic`` command: compare two torchvision models layer by layer.
+
+Usage::
+
+    simtorch-semantic compare resnet18 resnet34 --out results/
+    simtorch-semantic compare resnet18 resnet34 --measure rbf_cka --layers-a "layer*" --n 512
+    python -m simtorch_semantic compare vgg11 vgg13 --weights DEFAULT --out results/
+
+``compare`` builds both models with :func:`torchvision.models.get_model` (random initialisation by
+default, seeded by ``--seed``; ``--weights DEFAULT`` loads torchvision's pretrained weights when
+they are in the torch hub cache or can be downloaded), wraps them in
+:class:`~simtorch_semantic.model.SimilarityModel`, feeds both the same ``--n`` samples of
+:func:`~simtorch_semantic.images.default_dataset` (the shipped photographs, or ``--images DIR``,
+augmented deterministically), computes the layer x layer matrix of ``--measure`` and writes
+``<A>_vs_<B>_<measure>.png`` (heatmap), ``.csv`` (matrix with layer names) and ``.json``
+(matrix and metadata, reloadable with ``SimilarityResult.load``) into ``--out``.
+
+Exit status: 0 on success, 2 for bad arguments (usage, unknown model / layer / measure /
+weights, unreadable images, a model that cannot run at ``--image-size``), 1 when the comparison
+itself fails, 130 when interrupted. Every error is one line on stderr, without a traceback (set
+the environment variable ``SIMTORCH_SEMANTIC_TRACEBACK=1`` to see it).
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import os
+import re
+import sys
+from pathlib import Path
+
+__all__ = ["main", "MEASURES", "available_measures", "build_parser", "CLIError"]
+
+PROG = "simtorch-semantic"
+
+# name -> (module, class name, fixed keyword arguments, takes --estimator, short description).
+# The first three live in the core package; the others are offered when their module imports.
+MEASURES: dict[str, tuple[str, str, dict, bool, str]] = {
+    "cka": ("simtorch_semantic.measures.cka", "CKA", {"kernel": "linear"}, True,
+            "linear CKA (Kornblith et al. 2019)"),
+    "rbf_cka": ("simtorch_semantic.measures.cka", "CKA", {"kernel": "rbf"}, True,
+                "CKA with a Gaussian kernel, bandwidth 0.8 x median distance"),
+    "dcka": ("simtorch_semantic.measures.cka", "DeltaCKA", {}, False,
+             "deconfounded CKA (Cui et al. 2022), the input as confounder"),
+    "rsa": ("simtorch_semantic.measures.rsa", "RSA", {}, False,
+            "representational similarity analysis"),
+    "procrustes": ("simtorch_semantic.measures.procrustes", "Procrustes", {}, False,
+                   "orthogonal Procrustes distance"),
+    "cca": ("simtorch_semantic.measures.cca", "CCA", {}, False, "mean canonical correlation"),
+    "semantic_cka": ("simtorch_semantic.measures.semantic", "SemanticCKA", {}, False,
+                     "permutation-invariant semantic CKA (Wald et al. 2024)"),
+}
+
+_ERRORS = (ValueError, TypeError, KeyError, IndexError, LookupError, RuntimeError, OSError,
+           NotImplementedError, AssertionError, MemoryError, ImportError)
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status ``code``."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors become one-line :class:`CLIError` instead of usage + exit."""
+
+    def error(self, message):
+        raise CLIError(f"{message} (see '{self.prog} --help')", 2)
+
+
+def available_measures() -> dict[str, type]:
+    """``{name: class}`` of the measures in :data:`MEASURES` whose module imports."""
+    found = {}
+    for name, (module, cls_name, _, _, _) in MEASURES.items():
+        try:
+            cls = getattr(importlib.import_module(module), cls_name)
+        except Exception:          # a missing optional module (or a broken one) is not offered
+            continue
+        found[name] = cls
+    return found
+
+
+def _positive_int(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``simtorch-semantic`` (subcommand ``compare``)."""
+    parser = _Parser(prog=PROG, description="Compare what neural networks represent, layer by "
+                     "layer (CKA and friends).")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    measure_list = ", ".join(f"{k} ({v[4]})" for k, v in MEASURES.items())
+    cmp_ = sub.add_parser(
+        "compare", help="compare two torchvision models layer x layer",
+        description="Compare two torchvision image-classification models layer x layer on a "
+        "default set of real photographs (shipped, augmented to --n samples) or --images DIR, "
+        "and write a heatmap PNG plus the matrix as CSV and JSON into --out.",
+        epilog="Layer selections are comma-separated exact names ('layer1.0'), glob patterns "
+        "('layer*.?.relu') or module classes ('nn.Conv2d'). Model names are those of "
+        "torchvision.models.list_models(module=torchvision.models).")
+    cmp_.add_argument("model_a", metavar="MODEL_A", help="torchvision model name, e.g. resnet18")
+    cmp_.add_argument("model_b", metavar="MODEL_B", help="torchvision model name, e.g. resnet34")
+    cmp_.add_argument("--out", required=True, metavar="DIR",
+                      help="folder for the PNG, CSV and JSON files (created if missing)")
+    cmp_.add_argument("--measure", default="cka", metavar="NAME",
+                      help=f"similarity measure (default: cka); one of {measure_list}; the last "
+                      "four when their modules are installed")
+    cmp_.add_argument("--layers-a", default=None, metavar="LAYERS",
+                      help="layers of MODEL_A, comma-separated (default: every block output)")
+    cmp_.add_argument("--layers-b", default=None, metavar="LAYERS",
+                      help="layers of MODEL_B, comma-separated (default: every block output)")
+    cmp_.add_argument("--weights", default="none", metavar="WEIGHTS",
+                      help="'none' (default: random initialisation, seeded by --seed), "
+                      "'DEFAULT' (torchvision's pretrained weights; from the torch hub cache, or "
+                      "downloaded) or a weights name such as IMAGENET1K_V1")
+    cmp_.add_argument("--n", type=_positive_int(2), default=256, metavar="N",
+                      help="number of samples (default: 256)")
+    cmp_.add_argument("--image-size", type=_positive_int(8), default=96, metavar="PX",
+                      help="side of the square input images in pixels (default: 96)")
+    cmp_.add_argument("--images", default=None, metavar="DIR",
+                      help="folder of your own images (default: the shipped photographs)")
+    cmp_.add_argument("--batch-size", type=_positive_int(1), default=64, metavar="B",
+                      help="batch size (default: 64)")
+    cmp_.add_argument("--device", default="cpu", help="torch device (default: cpu), e.g. cuda:0")
+    cmp_.add_argument("--estimator", choices=("minibatch", "full"), default=None,
+                      help="CKA estimator (cka, rbf_cka): minibatch (default; flat memory) or "
+                      "full (exact, keeps all activations)")
+    cmp_.add_argument("--seed", type=int, default=0,
+                      help="seed of the random weights and of the augmentations (default: 0)")
+    cmp_.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return parser
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of an exception on one line (KeyError's quotes dropped)."""
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    text = " ".join(str(text).split())
+    return text or type(err).__name__
+
+
+# ---------------------------------------------------------------------------- validation
+def _classification_models() -> list[str]:
+    import torchvision.models as tvm
+    return sorted(tvm.list_models(module=tvm))
+
+
+def _check_model_name(name: str, option: str) -> str:
+    import torchvision.models as tvm
+    classification = _classification_models()
+    if name in classification:
+        return name
+    lowered = name.lower()
+    if lowered in classification:
+        return lowered
+    if name in tvm.list_models():
+        raise CLIError(f"{option} '{name}' is a torchvision detection/segmentation/video/"
+                       "optical-flow model; compare takes image-classification models, e.g. "
+                       "resnet18, vgg11, mobilenet_v3_small")
+    close = difflib.get_close_matches(lowered, classification, n=5, cutoff=0.5)
+    hint = (f"close names: {', '.join(close)}" if close
+            else f"examples: {', '.join(classification[:6])}")
+    raise CLIError(f"{option}: unknown torchvision model '{name}'; {hint} "
+                   "(all names: torchvision.models.list_models(module=torchvision.models))")
+
+
+def _parse_layers(text: str | None, option: str):
+    """A comma-separated layer selection -> list for SimilarityModel (None = default)."""
+    if text is None:
+        return None
+    import torch.nn as nn
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise CLIError(f"{option} is empty; give comma-separated layer names or glob patterns "
+                       "(e.g. 'conv1,layer*.?'), or leave it out for every block output")
+    selection = []
+    for item in items:
+        match = re.fullmatch(r"(?:torch\.)?nn\.(\w+)", item)
+        if match:
+            cls = getattr(nn, match.group(1), None)
+            if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+                raise CLIError(f"{option}: '{item}' is not a torch.nn module class "
+                               "(e.g. nn.Conv2d, nn.ReLU)")
+            selection.append(cls)
+        else:
+            selection.append(item)
+    return selection
+
+
+def _check_device(text: str):
+    import torch
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError, ValueError):
+        raise CLIError(f"--device '{text}' is not a torch device; use e.g. cpu, cuda or "
+                       "cuda:0") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {text}: CUDA is not available on this machine; use "
+                           "--device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CLIError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA "
+                           "device(s)")
+    elif device.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise CLIError(f"--device {text}: MPS is not available on this machine; use "
+                           "--device cpu")
+    return device
+
+
+def _resolve_weights(model_name: str, weights: str):
+    """None for 'none', else the weights name, checked against the model's weights enum."""
+    if weights.strip().lower() in ("none", ""):
+        return None
+    import torchvision.models as tvm
+    try:
+        enum = tvm.get_model_weights(model_name)
+    except (ValueError, KeyError):
+        raise CLIError(f"--weights {weights}: torchvision has no pretrained weights for "
+                       f"{model_name}; use --weights none") from None
+    short = weights.strip().split(".")[-1]
+    names = list(enum.__members__)
+    if short not in names:
+        raise CLIError(f"--weights {weights}: not a weights name of {model_name}; choose one "
+                       f"of none, {', '.join(names)}")
+    return short
+
+
+def _build_model(name: str, weights, progress: bool):
+    """torchvision.models.get_model(name, weights=...), with offline failures made clear."""
+    import warnings
+
+    import torch
+    import torchvision.models as tvm
+    with warnings.catch_warnings():
+        # torchvision's notes about future default initialisations are noise here
+        warnings.simplefilter("ignore", FutureWarning)
+        if weights is None:
+            return tvm.get_model(name, weights=None)
+        try:
+            return tvm.get_model(name, weights=weights, progress=progress)
+        except (OSError, RuntimeError, ValueError) as err:   # URLError is an OSError
+            cache = Path(torch.hub.get_dir()) / "checkpoints"
+            raise CLIError(
+                f"--weights {weights}: cannot load the pretrained weights of {name} "
+                f"({_one_line(err)}); they are read from the torch hub cache ({cache}) or "
+                "downloaded there once with network access; download them first or use "
+                "--weights none"
+            ) from err
+
+
+def _preflight(sim_model, dataset, option: str, image_size: int) -> None:
+    """Run the model once on two samples so that a model that needs other inputs fails early."""
+    import torch
+    x = torch.stack([dataset[0], dataset[min(1, len(dataset) - 1)]])
+    model = sim_model.model
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x.to(sim_model.device))
+    except Exception as err:
+        raise CLIError(f"{option} {sim_model.model_name} cannot run on inputs of shape "
+                       f"[batch, 3, {image_size}, {image_size}] ({_one_line(err)}); try another "
+                       "--image-size (e.g. 224)") from err
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------------------- compare
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _compare(args) -> int:
+    if args.measure not in MEASURES:
+        measures = available_measures()
+        close = difflib.get_close_matches(args.measure, list(MEASURES), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise CLIError(f"--measure: unknown measure '{args.measure}'{hint}; available: "
+                       f"{', '.join(measures) or 'none (the measures modules failed to import)'}")
+    module, cls_name, fixed, takes_estimator, _ = MEASURES[args.measure]
+    options = dict(fixed)
+    if args.estimator is not None:
+        if not takes_estimator:
+            raise CLIError(f"--estimator applies to cka and rbf_cka, not to --measure "
+                           f"{args.measure}; leave it out")
+        options["estimator"] = args.estimator
+    estimator = options.get("estimator", "minibatch" if takes_estimator else None)
+    if args.n % args.batch_size and estimator == "minibatch" and args.n % args.batch_size < 4:
+        raise CLIError(f"--n {args.n} with --batch-size {args.batch_size} leaves a last batch of "
+                       f"{args.n % args.batch_size} samples, but the minibatch CKA estimator needs "
+                       "at least 4 samples per batch; choose --n a multiple of --batch-size")
+    if estimator == "minibatch" and min(args.batch_size, args.n) < 4:
+        raise CLIError(f"--batch-size {args.batch_size}: the minibatch CKA estimator needs at "
+                       "least 4 samples per batch; use --batch-size 4 or more (or "
+                       "--estimator full)")
+    name_a = _check_model_name(args.model_a, "MODEL_A")
+    name_b = _check_model_name(args.model_b, "MODEL_B")
+    weights_a = _resolve_weights(name_a, args.weights)
+    weights_b = _resolve_weights(name_b, args.weights)
+    layers_a = _parse_layers(args.layers_a, "--layers-a")
+    layers_b = _parse_layers(args.layers_b, "--layers-b")
+    device = _check_device(args.device)
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out '{out}' is a file; give a folder (it is created if missing)")
+    measures = available_measures()
+    if args.measure not in measures:
+        raise CLIError(f"--measure {args.measure} needs {module}, which cannot be imported in "
+                       f"this installation; available: {', '.join(measures) or 'none'}")
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from .images import default_dataset
+    from .model import SimilarityModel
+
+    try:
+        dataset = default_dataset(n=args.n, size=args.image_size, images=args.images,
+                                  seed=args.seed)
+    except _ERRORS as err:
+        raise CLIError(f"--images: {_one_line(err)}" if args.images else _one_line(err)) from err
+
+    progress = not args.no_progress
+    with torch.random.fork_rng(devices=[]):       # seeded weights without touching global RNG
+        torch.manual_seed(args.seed)
+        model_a = _build_model(name_a, weights_a, progress)
+        model_b = _build_model(name_b, weights_b, progress)
+    try:
+        sim_a = SimilarityModel(model_a, model_name=name_a, layers_to_include=layers_a,
+                                device=device)
+    except _ERRORS as err:
+        raise CLIError(f"--layers-a: {_one_line(err)}") from err
+    try:
+        sim_b = SimilarityModel(model_b, model_name=name_b, layers_to_include=layers_b,
+                                device=device)
+    except _ERRORS as err:
+        raise CLIError(f"--layers-b: {_one_line(err)}") from err
+    _preflight(sim_a, dataset, "MODEL_A", args.image_size)
+    _preflight(sim_b, dataset, "MODEL_B", args.image_size)
+
+    try:
+        measure = measures[args.measure](sim_a, sim_b, device=device, **options)
+    except _ERRORS as err:
+        raise CLIError(f"--measure {args.measure}: {_one_line(err)}") from err
+    loader = DataLoader(dataset, batch_size=min(args.batch_size, args.n), shuffle=False)
+    try:
+        result = measure.compute(loader, progress=progress)
+    except _ERRORS as err:
+        raise CLIError(f"comparing {name_a} with {name_b} failed: {_one_line(err)}", 1) from err
+
+    try:
+        written = _write_outputs(result, out, f"{_safe(name_a)}_vs_{_safe(name_b)}_"
+                                 f"{args.measure}")
+    except OSError as err:
+        raise CLIError(f"--out '{out}': cannot write the results ({_one_line(err)})", 1) from err
+    rows, cols = result.matrix.shape
+    print(f"{args.measure}: {name_a} ({rows} layers) x {name_b} ({cols} layers) over "
+          f"{result.n_samples} samples")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _write_outputs(result, out: Path, stem: str) -> list[Path]:
+    """Save CSV + JSON via SimilarityResult.save and the heatmap PNG via SimilarityResult.plot."""
+    from matplotlib.figure import Figure          # no pyplot: no GUI backend, no global state
+    out.mkdir(parents=True, exist_ok=True)
+    written = list(result.save(out / f"{stem}.csv"))
+    rows, cols = result.matrix.shape
+    fig = Figure(figsize=(max(6.0, 3.0 + 0.38 * cols), max(5.0, 2.0 + 0.38 * rows)))
+    ax = fig.add_subplot()
+    result.plot(ax=ax)
+    png = out / f"{stem}.png"
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        os.replace(tmp, png)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return [png, *written]
+
+
+def main(argv=None) -> int:
+    """Entry point of ``simtorch-semantic``; returns the exit status (see the module docstring)."""
+    parser = build_parser()
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as stop:                     # --help / --version
+            return stop.code if isinstance(stop.code, int) else 0
+        if args.command == "compare":
+            return _compare(args)
+        raise CLIError(f"unknown command {args.command!r}")  # pragma: no cover
+    except CLIError as err:
+        if os.environ.get("SIMTORCH_SEMANTIC_TRACEBACK"):
+            raise
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except _ERRORS as err:
+        if os.environ.get("SIMTORCH_SEMANTIC_TRACEBACK"):
+            raise
+        print(f"{PROG}: error: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
