@@ -56,7 +56,10 @@ def _chord2(Xn: torch.Tensor, Yn: torch.Tensor) -> torch.Tensor:
     Evaluated as the residual at the optimal ``Q = U V^T`` (``Yn^T Xn = U S V^T``) rather than from
     the nuclear norm, so nearly identical shapes give a small number without cancellation.
     """
-    U, _, Vh = torch.linalg.svd(Yn.T @ Xn, full_matrices=False)
+    p = max(Xn.shape[1], Yn.shape[1])  # zero-pad to a common width: Q is then square orthogonal
+    Xn = torch.nn.functional.pad(Xn, (0, p - Xn.shape[1]))
+    Yn = torch.nn.functional.pad(Yn, (0, p - Yn.shape[1]))
+    U, _, Vh = torch.linalg.svd(Yn.T @ Xn)
     return torch.linalg.matrix_norm(Xn - Yn @ (U @ Vh)).square().clamp(0.0, 2.0)
 
 
