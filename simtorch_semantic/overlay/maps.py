@@ -98,7 +98,7 @@ def similarity_matrix(Z: torch.Tensor, similarity: Similarity = "cosine", *,
         d2 = (sq[:, None] + sq[None, :] - 2.0 * (Z @ Z.T)).clamp_min_(0.0)
         if sigma is None:
             nz = d2[d2 > 0]
-            sigma2 = float(nz.median()) if nz.numel() else 1.0
+            sigma2 = float(np.median(nz.cpu().numpy())) if nz.numel() else 1.0
         else:
             if not sigma > 0:
                 raise ValueError(f"sigma must be > 0, got {sigma}.")

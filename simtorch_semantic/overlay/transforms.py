@@ -144,7 +144,7 @@ def _rowwise(a: torch.Tensor, b: torch.Tensor, similarity, sigma=None) -> torch.
             aa = (a * a).sum(1)
             ref = (aa[:, None] + aa[None, :] - 2 * a @ a.T).clamp_min(0)
             nz = ref[ref > 0]
-            sigma2 = float(nz.median()) if nz.numel() else 1.0
+            sigma2 = float(np.median(nz.cpu().numpy())) if nz.numel() else 1.0
         else:
             sigma2 = float(sigma) ** 2
         return torch.exp(-d2 / (2 * sigma2))

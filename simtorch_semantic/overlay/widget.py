@@ -83,6 +83,7 @@ class SimilarityOverlay:
         nmf_k: number of NMF factors for the grouping view (0 or None turns it off).
         cmap, alpha: initial colour map and overlay opacity of the widget.
         cell: displayed size of each image in pixels.
+        names: one label per image (default: file names, or "image k").
         progress: show a tqdm bar while capturing in chunks.
 
     Attributes:
@@ -95,11 +96,16 @@ class SimilarityOverlay:
     def __init__(self, model, images, layers, transform=None, device="cpu", similarity="cosine",
                  *, size: int = 224, max_side: int | None = 32, nmf_k: int | None = 4,
                  cmap: str = "viridis", alpha: float = 0.7, cell: int = 160,
-                 progress: bool = False):
+                 names=None, progress: bool = False):
         self._configure(model, layers, device, similarity, max_side, nmf_k, cmap, alpha, cell,
                         progress)
-        x, display, names = prepare_images(images, transform, size)
-        self._build(x, display, names)
+        x, display, auto_names = prepare_images(images, transform, size)
+        if names is None:
+            names = auto_names
+        elif len(list(names)) != x.shape[0]:
+            raise ValueError(f"names has {len(list(names))} entries for {x.shape[0]} images; "
+                             "give one name per image or None")
+        self._build(x, display, [str(n) for n in names])
 
     # ------------------------------------------------------------------ construction
     def _configure(self, model, layers, device, similarity, max_side, nmf_k, cmap, alpha, cell,
