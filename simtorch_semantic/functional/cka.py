@@ -42,8 +42,10 @@ __all__ = ["linear_cka", "rbf_cka", "cka_from_grams", "cka_from_hsic"]
 
 
 def _as_f64(v, device=None) -> torch.Tensor:
+    if isinstance(v, (int, float)):
+        return torch.tensor(float(v), dtype=torch.float64, device=device)
     if not isinstance(v, torch.Tensor):
-        v = to_tensor(v, "value") if not isinstance(v, (int, float)) else torch.tensor(float(v))
+        v = to_tensor(v, "value")
     v = v.detach().to(torch.float64)
     return v if device is None else v.to(device)
 
