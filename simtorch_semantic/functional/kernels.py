@@ -32,7 +32,7 @@ import torch
 
 from ._validation import to_tensor
 
-__all__ = ["linear_gram", "center_gram", "sq_distances", "median_bandwidth", "rbf_gram"]
+__all__ = ["linear_gram", "streaming_linear_gram", "center_gram", "sq_distances", "median_bandwidth", "rbf_gram"]
 
 
 def _flat(X) -> torch.Tensor:
@@ -124,3 +124,32 @@ def rbf_gram(X, sigma=None, sigma_frac: float = 0.8) -> torch.Tensor:
         s = torch.as_tensor(sigma, dtype=D.dtype, device=D.device)
     K = torch.exp(-D / (2.0 * s * s))
     return torch.where(D == 0, torch.ones((), dtype=D.dtype, device=D.device), K)
+
+
+#: above this ratio of raw to centred Gram trace, float32 rounding of the raw Gram is visible
+_CANCELLATION_RATIO = 64.0
+
+
+def streaming_linear_gram(X) -> torch.Tensor:
+    r"""Linear Gram of ``X [n, ...]`` for HSIC estimators, as cheap as the data allows: ``[n, n]``.
+
+    Centred and unbiased HSIC do not change when every sample is shifted by the same vector, so
+    the Gram only has to be *some* shifted Gram; what matters is float32 rounding. On the CPU,
+    reading values costs no device synchronisation, so the raw :math:`X X^\top` (one GEMM, no
+    extra pass over the activation) is formed first and kept when its trace is less than
+    ``_CANCELLATION_RATIO`` times the trace of its centred version (features whose mean is not much
+    larger than their spread, the normal case); otherwise the centred Gram of
+    :func:`linear_gram` is formed instead (constant features then give exactly 0). On other devices
+    inspecting the value would stall the stream, so :func:`linear_gram` (shift, then centre) is
+    used directly. Either way the result differs from the centred Gram only by terms that every
+    centred or unbiased HSIC removes. No validation (hot path).
+    """
+    X = _flat(X)
+    if X.device.type != "cpu":
+        return linear_gram(X, center=True)
+    K = X @ X.T
+    raw = K.diagonal().sum(dtype=torch.float64)
+    centred = raw - K.sum(dtype=torch.float64) / X.shape[0]
+    if bool(centred * _CANCELLATION_RATIO > raw):
+        return K
+    return linear_gram(X, center=True)

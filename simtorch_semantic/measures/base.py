@@ -28,10 +28,6 @@ from ..results import SimilarityResult
 __all__ = ["BaseSimilarity"]
 
 
-def _identity(batch):
-    return batch
-
-
 class BaseSimilarity:
     """Layer x layer similarity between two :class:`SimilarityModel` over a DataLoader.
 
@@ -120,7 +116,8 @@ class BaseSimilarity:
         """
         self.reset()
         self._expect_samples(dataloader, max_batches)
-        batches = paired_batches(dataloader, dataloader2, max_batches=max_batches, input_fn=_identity)
+        batches = paired_batches(dataloader, dataloader2, max_batches=max_batches,
+                                 input_key=self.input_key, input_fn=self.input_fn, raw=True)
         total = expected_batches(dataloader, max_batches)
         desc = f"{self.name}: {self.sim_model1.model_name} vs {self.sim_model2.model_name}"
         for b1, b2 in tqdm(batches, total=total, disable=not progress, desc=desc, unit="batch"):
