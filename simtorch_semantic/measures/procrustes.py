@@ -1,0 +1,94 @@
+"""Procrustes distance between every layer pair of two models.
+
+Each layer's activations of all N samples are collected and prepared **once** (centred, scaled to
+unit Frobenius norm, reduced to at most N columns); each layer pair then costs one SVD of a
+``[<=N, <=N]`` cross-product. The result holds distances (``higher_is_similar = False``):
+the Procrustes disparity ``1 - ||Xn^T Yn||_*^2`` (``scipy.spatial.procrustes``) or, with
+``angular=True``, the shape metric ``arccos ||Xn^T Yn||_*`` (Williams et al. 2021). See
+:mod:`simtorch_semantic.functional.procrustes`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..functional.procrustes import _angle_from_chord2, _chord2, _disparity_from_chord2, _normalized
+from .rsa import _CollectingWithProgress
+
+__all__ = ["Procrustes"]
+
+
+class Procrustes(_CollectingWithProgress):
+    """Procrustes distance between every layer of model 1 and every layer of model 2.
+
+    Parameters
+    ----------
+    sim_model1, sim_model2 : SimilarityModel
+    angular : bool
+        ``False`` (default): Procrustes disparity in [0, 1]. ``True``: angular shape distance in
+        ``[0, pi/2]``, a metric.
+    device : str or torch.device
+        Where the decompositions run (float64).
+    store_device, max_memory :
+        Where the activations are kept and how many bytes they may take (see CollectingSimilarity).
+
+    Lower is more similar (``result.higher_is_similar`` is False). A layer whose samples are all
+    identical has no shape: its distances are NaN and a note in the result names it.
+    """
+
+    name = "procrustes"
+    higher_is_similar = False
+    memory_hint = "use fewer samples (max_batches=) or fewer layers"
+
+    def __init__(self, sim_model1, sim_model2, angular=False, device="cpu", *, store_device="cpu",
+                 max_memory=None, input_key=None, input_fn=None):
+        if not isinstance(angular, (bool, np.bool_)):
+            raise ValueError(f"Procrustes: angular must be True or False, got {angular!r}.")
+        self.angular = bool(angular)
+        super().__init__(sim_model1, sim_model2, device, store_device=store_device,
+                         max_memory=max_memory, input_key=input_key, input_fn=input_fn)
+
+    def _prepared(self, acts: dict, model) -> list:
+        out = []
+        for layer, act in self._layer_items(acts, model, "normalising"):
+            X = act.reshape(act.shape[0], -1).to(self.device, torch.float64)
+            try:
+                out.append(_normalized(X, "X"))
+            except ValueError:
+                self._note(
+                    f"layer {layer!r} of {model.model_name} is constant over the samples: its "
+                    f"{self.name} distance is undefined and set to NaN"
+                )
+                out.append(None)
+        return out
+
+    def _matrix_from_activations(self, acts1: dict, acts2: dict) -> np.ndarray:
+        acts1, acts2 = self._ordered(acts1, self.sim_model1), self._ordered(acts2, self.sim_model2)
+        n = next(iter(acts1.values())).shape[0]
+        if n < 3:
+            raise ValueError(
+                f"Procrustes needs at least 3 samples, got {n}; use more batches or a larger batch size."
+            )
+        same = self._same_activations(acts1, acts2)
+        P1 = self._prepared(acts1, self.sim_model1)
+        P2 = P1 if same else self._prepared(acts2, self.sim_model2)
+        out = np.full((len(P1), len(P2)), math.nan)
+        # one SVD per pair: the per-layer work is shared, the pair work has no product form
+        pairs = [(i, j) for i in range(len(P1)) for j in range(len(P2))]
+        finish = _angle_from_chord2 if self.angular else _disparity_from_chord2
+        for i, j in tqdm(pairs, desc=f"{self.name} pairs", unit="pair",
+                         disable=not self._progress or len(pairs) < 2):
+            if P1[i] is None or P2[j] is None:
+                continue
+            if same and j < i and not math.isnan(out[j, i]):
+                out[i, j] = out[j, i]  # symmetric distance
+                continue
+            out[i, j] = float(finish(_chord2(P1[i], P2[j])))
+        return out
+
+    def _params(self) -> dict:
+        return {"angular": self.angular}

@@ -1,0 +1,168 @@
+"""RSA between every layer pair of two models (representational similarity analysis).
+
+Each selected layer's activations of all N samples are collected; each layer's RDM
+(:func:`simtorch_semantic.functional.rsa.rdm`) is computed **once** and reduced to the entries that
+are compared (upper triangle, or the double-centred full matrix with ``center=True``); all layer
+pairs are then compared at once (one matrix product for cosine, Pearson and Spearman).
+
+``RSA(m1, m2, metric="L2squared", method="cosine", center=True)`` is linear CKA (Williams 2024);
+see the docstring of :mod:`simtorch_semantic.functional.rsa`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..functional.rsa import (
+    COMPARE_METHODS,
+    RDM_METRICS,
+    _canonical,
+    _rdm_vectors,
+    _vector_similarities,
+    rdm,
+)
+from .collect import CollectingSimilarity, _fmt_bytes, available_memory
+
+__all__ = ["RSA"]
+
+
+class _CollectingWithProgress(CollectingSimilarity):
+    """CollectingSimilarity that remembers ``compute(progress=...)`` for its per-layer loops."""
+
+    _progress = True
+
+    def compute(self, dataloader, dataloader2=None, max_batches=None, progress=True):
+        self._progress = bool(progress)
+        return super().compute(dataloader, dataloader2=dataloader2, max_batches=max_batches,
+                               progress=progress)
+
+    def _layer_items(self, acts: dict, model, what: str):
+        items = list(acts.items())
+        return tqdm(items, desc=f"{what} {model.model_name}", unit="layer",
+                    disable=not self._progress or len(items) < 2)
+
+    def _note(self, message: str) -> None:
+        self._notes.append(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=5)
+
+    @staticmethod
+    def _ordered(acts: dict, model) -> dict:
+        """``acts`` in the order of ``model.layers`` (the rows/columns of the result)."""
+        return {layer: acts[layer] for layer in model.layers if layer in acts}
+
+    @staticmethod
+    def _same_activations(acts1: dict, acts2: dict) -> bool:
+        """True when both models produced identical activations (a model compared with itself)."""
+        if list(acts1) != list(acts2):
+            return False
+        return all(a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+                   for a, b in zip(acts1.values(), acts2.values()))
+
+
+class RSA(_CollectingWithProgress):
+    """Representational similarity analysis between every layer of model 1 and every layer of model 2.
+
+    Parameters
+    ----------
+    sim_model1, sim_model2 : SimilarityModel
+    metric : str
+        RDM metric: ``"pearson"`` (default), ``"L2"``, ``"L2squared"``, ``"L2_normalize"``,
+        ``"L2squared_normalize"`` or ``"cosine"``.
+    method : str
+        RDM comparison: ``"pearson"`` (default), ``"cosine"``, ``"spearman"`` or ``"kendall"``.
+    center : bool
+        Double-centre the full RDMs before comparing (exact link with CKA); default compares the
+        upper triangles.
+    device : str or torch.device
+        Where RDMs are computed and compared.
+    dtype, chunk_size :
+        Passed to :func:`~simtorch_semantic.functional.rsa.rdm`.
+    store_device, max_memory :
+        Where the activations are kept and how many bytes they may take (see CollectingSimilarity).
+
+    The result's ``[i, j]`` entry is ``compare_rdms(rdm(layer i of model 1), rdm(layer j of model 2))``;
+    higher is more similar. A layer with constant patterns (``pearson``) or all-zero patterns has
+    NaN RDM entries; its similarities are NaN and a note in the result names it.
+    """
+
+    name = "rsa"
+    higher_is_similar = True
+    memory_hint = "use fewer samples (max_batches=) or fewer layers"
+
+    def __init__(self, sim_model1, sim_model2, metric="pearson", method="pearson", center=False,
+                 device="cpu", *, dtype=torch.float64, chunk_size=None, store_device="cpu",
+                 max_memory=None, input_key=None, input_fn=None):
+        self.metric = _canonical(metric, RDM_METRICS, "metric", "RSA")
+        self.method = _canonical(method, COMPARE_METHODS, "method", "RSA")
+        if not isinstance(center, (bool, np.bool_)):
+            raise ValueError(f"RSA: center must be True or False, got {center!r}.")
+        self.center = bool(center)
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"RSA: dtype must be a floating torch dtype such as torch.float64, got {dtype!r}.")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"RSA: chunk_size must be a positive integer or None, got {chunk_size!r}.")
+        self.dtype = dtype
+        self.chunk_size = chunk_size
+        super().__init__(sim_model1, sim_model2, device, store_device=store_device,
+                         max_memory=max_memory, input_key=input_key, input_fn=input_fn)
+
+    def _check_batch(self, n: int) -> None:
+        pass  # any batch size; n >= 3 in total is checked when the RDMs are built
+
+    def _check_rdm_memory(self, n: int, layers: int) -> None:
+        per = n * n if self.center else n * (n - 1) // 2
+        need = (layers * per + 3 * n * n) * 8
+        free = available_memory(self.device)
+        if free is not None and need > 0.8 * free:
+            raise MemoryError(
+                f"RSA keeps one RDM vector of {per} float64 entries per layer ({layers} layers, "
+                f"n={n} samples): about {_fmt_bytes(need)}, but only {_fmt_bytes(free)} is free on "
+                f"{self.device}; {self.memory_hint}"
+            )
+
+    def _vectors(self, acts: dict, model) -> torch.Tensor:
+        """``[L, m]`` float64 vectors of the compared RDM entries, one per layer."""
+        vectors = []
+        for layer, act in self._layer_items(acts, model, "RDMs"):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                R = rdm(act, self.metric, dtype=self.dtype, chunk_size=self.chunk_size,
+                        device=self.device)
+            for w in caught:
+                if issubclass(w.category, RuntimeWarning):
+                    self._note(f"layer {layer!r} of {model.model_name}: {w.message}")
+            vectors.append(_rdm_vectors([R.to(torch.float64)], self.center)[0])
+            del R
+        V = torch.stack(vectors)
+        finite = torch.isfinite(V).all(dim=1)
+        spread = V.amax(dim=1) - V.amin(dim=1)
+        for i, layer in enumerate(acts):
+            if bool(finite[i]) and not spread[i] > 0:
+                self._note(
+                    f"layer {layer!r} of {model.model_name} has all compared RDM entries equal "
+                    f"(e.g. every sample identical): its {self.name} similarity is undefined (NaN)"
+                )
+        return V
+
+    def _matrix_from_activations(self, acts1: dict, acts2: dict) -> np.ndarray:
+        acts1, acts2 = self._ordered(acts1, self.sim_model1), self._ordered(acts2, self.sim_model2)
+        n = next(iter(acts1.values())).shape[0]
+        if n < 3:
+            raise ValueError(
+                f"RSA needs at least 3 samples to compare RDMs, got {n}; use more batches or a "
+                "larger batch size."
+            )
+        same = self._same_activations(acts1, acts2)
+        self._check_rdm_memory(n, len(acts1) + (0 if same else len(acts2)))
+        V1 = self._vectors(acts1, self.sim_model1)
+        V2 = V1 if same else self._vectors(acts2, self.sim_model2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # undefined layers are noted above
+            return _vector_similarities(V1, V2, self.method, progress=self._progress)
+
+    def _params(self) -> dict:
+        return {"metric": self.metric, "method": self.method, "center": self.center}
