@@ -61,3 +61,133 @@ def plot_similarity_matrix(matrix, row_labels, col_labels, title=None, xlabel=No
             ax.set_ylabel(ylabel)
         ax.figure.tight_layout()
     return ax
+
+
+# --------------------------------------------------------------------------- RDM plots (H5)
+__all__ += ["plot_rdm", "plot_rdm_comparison"]
+
+#: above this many samples an RDM is drawn with imshow (one image) instead of seaborn's mesh
+_RDM_MESH_LIMIT = 400
+
+
+def _rdm_array(R, name):
+    """``R`` (torch or NumPy ``[n, n]``) as a float64 NumPy array, or a clear error."""
+    try:
+        import torch
+
+        if isinstance(R, torch.Tensor):
+            R = R.detach().cpu().to(torch.float64).numpy()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    R = np.asarray(R, dtype=np.float64)
+    if R.ndim != 2 or R.shape[0] != R.shape[1]:
+        raise ValueError(
+            f"{name} must be a square RDM of shape [n, n], got shape {R.shape}; build one with "
+            "simtorch_semantic.functional.rsa.rdm(X, metric)."
+        )
+    return R
+
+
+def plot_rdm(R, labels=None, ax=None, cmap="viridis", order_by_label=True, title=None,
+             vmin=None, vmax=None, cbar_label="dissimilarity"):
+    """Heatmap of an RDM ``R [n, n]``, optionally grouped by the samples' labels.
+
+    ``labels`` (length ``n``, e.g. class names) are used for the ticks: with
+    ``order_by_label=True`` the samples are stably sorted by label, thin lines separate the
+    groups and each group is labelled once at its centre. NaN entries (undefined, e.g. constant
+    patterns under ``metric="pearson"``) are left blank. Up to 400 samples are drawn with
+    ``seaborn.heatmap``, larger RDMs as one image. Global matplotlib style is untouched; returns
+    the Axes.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    R = _rdm_array(R, "R")
+    n = R.shape[0]
+    if labels is not None:
+        labels = [str(v) for v in (labels.tolist() if hasattr(labels, "tolist") else labels)]
+        if len(labels) != n:
+            raise ValueError(f"labels has {len(labels)} entries but the RDM has n={n} samples; "
+                             "pass one label per sample (row).")
+        if order_by_label:
+            order = sorted(range(n), key=lambda i: labels[i])
+            R = R[np.ix_(order, order)]
+            labels = [labels[i] for i in order]
+    with plt.rc_context({"axes.titlesize": 11, "axes.labelsize": 10}):
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6.0, 5.0))
+        if n <= _RDM_MESH_LIMIT:
+            sns.heatmap(R, ax=ax, cmap=cmap, vmin=vmin, vmax=vmax, square=True,
+                        xticklabels=False, yticklabels=False,
+                        cbar_kws={"label": cbar_label} if cbar_label else None)
+            offset = 0.0
+        else:
+            image = ax.imshow(R, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            cbar = ax.figure.colorbar(image, ax=ax)
+            if cbar_label:
+                cbar.set_label(cbar_label)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            offset = -0.5
+        if labels is not None:
+            if order_by_label:
+                starts = [0] + [i for i in range(1, n) if labels[i] != labels[i - 1]]
+                ends = starts[1:] + [n]
+                centres = [(s + e) / 2 + offset for s, e in zip(starts, ends)]
+                names = [labels[s] for s in starts]
+                for s in starts[1:]:
+                    ax.axhline(s + offset, color="white", linewidth=0.8)
+                    ax.axvline(s + offset, color="white", linewidth=0.8)
+            else:
+                centres = [i + 0.5 + offset for i in range(n)]
+                names = labels
+            if len(names) <= 60:
+                ax.set_xticks(centres)
+                ax.set_xticklabels(names, rotation=90, fontsize=8)
+                ax.set_yticks(centres)
+                ax.set_yticklabels(names, rotation=0, fontsize=8)
+        ax.set_xlabel("sample")
+        ax.set_ylabel("sample")
+        if title:
+            ax.set_title(title)
+    return ax
+
+
+def plot_rdm_comparison(A, B, ax=None, method="pearson", center=False, names=("RDM A", "RDM B"),
+                        max_points=20000, title=None, s=4.0, alpha=0.4, color="C0"):
+    """Scatter of the entries of two RDMs ``A``, ``B [n, n]``, with their similarity in the title.
+
+    The points are the upper-triangle entries (``i < j``), or with ``center=True`` all entries of
+    the double-centred matrices; the title gives ``compare_rdms(A, B, method, center)``. At most
+    ``max_points`` randomly chosen points (fixed seed) are drawn. Global matplotlib style is
+    untouched; returns the Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    from .functional.rsa import compare_rdms, double_center
+
+    A = _rdm_array(A, "A")
+    B = _rdm_array(B, "B")
+    if A.shape != B.shape:
+        raise ValueError(f"A and B must be RDMs of the same n samples, got shapes {A.shape} and {B.shape}.")
+    if not (isinstance(max_points, (int, np.integer)) and max_points > 0):
+        raise ValueError(f"max_points must be a positive integer, got {max_points!r}.")
+    value = compare_rdms(A, B, method=method, center=center)
+    if center:
+        a = double_center(A).numpy().ravel()
+        b = double_center(B).numpy().ravel()
+    else:
+        iu = np.triu_indices(A.shape[0], k=1)
+        a, b = A[iu], B[iu]
+    if a.size > max_points:
+        keep = np.random.default_rng(0).choice(a.size, size=max_points, replace=False)
+        a, b = a[keep], b[keep]
+    with plt.rc_context({"axes.titlesize": 11, "axes.labelsize": 10}):
+        if ax is None:
+            _, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.scatter(a, b, s=s, alpha=alpha, color=color, edgecolors="none", rasterized=a.size > 5000)
+        which = "double-centred entries" if center else "upper-triangle entries"
+        ax.set_xlabel(f"{names[0]} ({which})")
+        ax.set_ylabel(f"{names[1]} ({which})")
+        ax.set_title(f"{title + ': ' if title else ''}{method} = {value:.3f}")
+    return ax
