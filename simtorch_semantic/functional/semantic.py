@@ -1,0 +1,504 @@
+r"""Permutation-invariant ("semantic") similarity of samples, and semantic / baseline RSMs.
+
+Wald et al., "Decoupling Semantic Similarity from Spatial Alignment for Neural Networks"
+(NeurIPS 2024). One sample's representation at one layer is a set of ``S`` concept vectors
+(``S = H*W`` positions, or ``T`` tokens) of ``C`` channels, ``V in R^{S x C}``. Two samples are
+compared after the permutation of positions that maximises their inner product
+
+.. math::  \pi^* = \arg\max_\pi \sum_{s=1}^S \langle v_s, w_{\pi(s)} \rangle,
+           \qquad ip(V, W) = \sum_s \langle v_s, w_{\pi^*(s)} \rangle,
+
+which is a linear assignment problem on the affinity ``A = V W^T`` (``S x S``), solved by
+:func:`simtorch_semantic.functional.matching.solve_assignment`. From the aligned pair:
+
+``"ip"``       ``ip(V, W)`` (inner product of the aligned, flattened representations);
+``"cosine"``   ``ip(V, W) / (||V||_F ||W||_F)`` (the Frobenius norms do not depend on the
+               permutation; ``0`` when either norm is ``0``);
+``"rbf"``      ``exp(-d^2 / (2 sigma^2))`` with ``d^2 = ||V||_F^2 + ||W||_F^2 - 2 ip(V, W)``, the
+               squared distance of the aligned pair (clipped at 0).
+
+RBF bandwidth (``semantic_sim_parallel`` and ``similarity_calculation``, unless ``sigma`` is
+given): ``sigma^2 = median`` of the **non-zero** squared distances ``d^2`` over the whole RSM —
+over all pairs ``i < j`` when ``y`` is None (the N x N case; the diagonal and its mirror add
+nothing), over all ``N x M`` pairs otherwise — computed once after every pair is done, never per
+chunk of pairs. ``np.median`` is used (mean of the two middle values for an even count); a
+``d^2 <= 1e-12 * (||V||^2 + ||W||^2)`` counts as zero (rounding of identical samples). With no
+non-zero distance at all every entry is ``1`` and ``sigma = 1`` is used. The original code used
+``sqrt(lower median) + 1e-3``; we drop the scale-dependent offset.
+
+The N x N semantic RSM computes only the upper triangle: on the diagonal the optimal permutation
+of a sample with itself is the identity (``sum_s <v_s, v_pi(s)> <= sum_s |v_s||v_pi(s)| <=
+sum_s |v_s|^2``), so ``ip(V, V) = ||V||_F^2`` is filled in without solving; the lower triangle
+mirrors the upper one (``A_ji = A_ij^T``, whose optimum is the inverse permutation).
+
+Numerics: the affinities that the solver sees are computed on the input's device in its
+precision promoted to at least float32 (one ``torch.bmm`` per chunk of pairs); every similarity
+is then recomputed in float64 from the permutation, so the values are exact float64 inner
+products of the aligned samples. Pass float64 features for float64 affinities.
+
+The spatio-semantic baseline (:func:`similarity_calculation`) uses the same kernels with the
+identity permutation (``ip = <vec(V), vec(W)>``); for ``ip`` and ``cosine`` the semantic value is
+never below the baseline one (the identity is one of the permutations).
+"""
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from simtorch_semantic.functional.matching import SOLVERS, check_exact_feasible, solve_assignment
+
+__all__ = [
+    "KERNELS",
+    "LAYOUTS",
+    "perm_inv_semantic_sim",
+    "semantic_sim_parallel",
+    "similarity_calculation",
+    "rbf_from_sq_dists",
+    "median_sigma",
+]
+
+KERNELS = ("ip", "cosine", "rbf")
+LAYOUTS = ("ncs", "nsc")
+
+# pairs per torch.bmm chunk is bounded by this many bytes of affinity matrices
+_CHUNK_BYTES = 32 * 2**20
+# pairs handed to one worker-thread task
+_TASK_PAIRS = 8
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+def _check_kernels(kernel):
+    """Return (list of kernel names, was_list)."""
+    if isinstance(kernel, (list, tuple)):
+        kernels, was_list = list(kernel), True
+        if not kernels:
+            raise ValueError(f"kernel list is empty; choose among {list(KERNELS)}")
+    else:
+        kernels, was_list = [kernel], False
+    for k in kernels:
+        if k not in KERNELS:
+            raise ValueError(
+                f"unknown kernel {k!r}; valid kernels are {list(KERNELS)} (or a list of them)"
+            )
+    if len(set(kernels)) != len(kernels):
+        raise ValueError(f"kernel list {kernels} names a kernel twice")
+    return kernels, was_list
+
+
+def _check_matching(matching):
+    if not isinstance(matching, str) or matching not in SOLVERS:
+        raise ValueError(
+            f"unknown matching (solver) {matching!r}; valid solvers are {list(SOLVERS)}"
+        )
+
+
+def _check_sigma(sigma):
+    if sigma is None:
+        return None
+    try:
+        s = float(sigma)
+    except (TypeError, ValueError):
+        raise TypeError(f"sigma must be a positive number, got {sigma!r}") from None
+    if not np.isfinite(s) or s <= 0:
+        raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
+    return s
+
+
+def _as_tensor(x, name):
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    elif isinstance(x, np.ndarray) or np.isscalar(x) or isinstance(x, (list, tuple)):
+        a = np.asarray(x)
+        if a.dtype == object:
+            raise TypeError(f"{name} must be a numeric torch tensor or NumPy array")
+        t = torch.from_numpy(np.ascontiguousarray(a))
+    else:
+        raise TypeError(f"{name} must be a torch tensor or NumPy array, got {type(x).__name__}")
+    if t.is_complex():
+        raise TypeError(f"{name} must be real-valued, got dtype {t.dtype}")
+    if t.dtype not in (torch.float32, torch.float64):
+        t = t.to(torch.float32)  # ints, bool, half, bfloat16 -> float32
+    return t
+
+
+def _check_finite(t, name, sample_axis=0):
+    ok = torch.isfinite(t)
+    if not bool(ok.all()):
+        if t.ndim == 0:
+            raise ValueError(f"{name} contains NaN or Inf")
+        flat = ok.reshape(t.shape[0], -1).all(dim=1) if sample_axis == 0 else None
+        first = int(torch.nonzero(~flat)[0, 0])
+        raise ValueError(
+            f"{name} contains NaN or Inf (first in sample {first}); remove or repair those "
+            "samples before computing similarities"
+        )
+
+
+def _as_nsc(x, name, layout):
+    """Validate a set of representations and return it as a tensor ``[N, S, C]``.
+
+    layout "ncs": ``[N, C, S]`` or ``[N, C, H, W]``; layout "nsc": ``[N, S, C]`` (tokens) or
+    ``[N, H, W, C]`` (channels-last images).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(
+            f"unknown layout {layout!r}; valid layouts are 'ncs' ([N, C, S] or [N, C, H, W]) "
+            "and 'nsc' ([N, S, C] tokens or [N, H, W, C])"
+        )
+    t = _as_tensor(x, name)
+    if t.ndim == 2:
+        raise ValueError(
+            f"{name} is 2-D with shape {tuple(t.shape)}: a semantic similarity needs a spatial or "
+            "token axis ([N, C, S], [N, C, H, W] or, with layout='nsc', [N, T, D]); for flat "
+            "features (e.g. fc outputs) there is nothing to permute: use similarity_calculation "
+            "or a CKA on the flat features"
+        )
+    if t.ndim not in (3, 4):
+        raise ValueError(
+            f"{name} must be 3-D [N, C, S] or 4-D [N, C, H, W] (layout='nsc': [N, T, D] or "
+            f"[N, H, W, C]); got {t.ndim}-D shape {tuple(t.shape)}"
+        )
+    if t.shape[0] < 1:
+        raise ValueError(f"{name} has no samples (shape {tuple(t.shape)})")
+    if layout == "ncs":
+        t = t.reshape(t.shape[0], t.shape[1], -1).transpose(1, 2)
+    else:
+        t = t.reshape(t.shape[0], -1, t.shape[-1])
+    if t.shape[1] < 1 or t.shape[2] < 1:
+        raise ValueError(f"{name} has an empty position or channel axis: {tuple(x.shape)}")
+    _check_finite(t, name)
+    return t.contiguous()
+
+
+def _check_pair(xs, ys, names=("x", "y")):
+    if ys.shape[1] != xs.shape[1]:
+        raise ValueError(
+            f"{names[0]} and {names[1]} have different numbers of positions S: "
+            f"{xs.shape[1]} vs {ys.shape[1]}; a permutation needs equal S (pool or crop to a "
+            "common spatial size)"
+        )
+    if ys.shape[2] != xs.shape[2]:
+        raise ValueError(
+            f"{names[0]} and {names[1]} have different numbers of channels C: "
+            f"{xs.shape[2]} vs {ys.shape[2]}; both must come from the same layer (or a layer with "
+            "the same width)"
+        )
+
+
+def _n_workers(n_workers):
+    if n_workers is None:
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else (os.cpu_count() or 1))
+    if not isinstance(n_workers, (int, np.integer)) or isinstance(n_workers, bool) or n_workers < 1:
+        raise ValueError(f"n_workers must be a positive integer or None, got {n_workers!r}")
+    return int(n_workers)
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels from inner products
+
+
+def median_sigma(sq_dists):
+    """Median bandwidth ``sigma = sqrt(median(non-zero d^2))`` of an array of squared distances.
+
+    Args:
+        sq_dists: float array of any shape, the squared distances of the pairs that count (the
+            caller passes each pair once). Entries ``<= 0`` are ignored.
+
+    Returns:
+        float ``sigma`` (1.0 when no distance is positive).
+    """
+    d = np.asarray(sq_dists, dtype=np.float64).ravel()
+    d = d[d > 0]
+    if d.size == 0:
+        return 1.0
+    return float(np.sqrt(np.median(d)))
+
+
+def rbf_from_sq_dists(sq_dists, sigma):
+    """RBF kernel ``exp(-d^2 / (2 sigma^2))`` of squared distances, float64."""
+    return np.exp(-np.asarray(sq_dists, dtype=np.float64) / (2.0 * float(sigma) ** 2))
+
+
+def _sq_dists(ip, nx2, ny2):
+    """``d^2 = |x|^2 + |y|^2 - 2 ip`` (float64), clipped at 0, rounding-level values set to 0."""
+    s = nx2[:, None] + ny2[None, :]
+    d2 = s - 2.0 * ip
+    d2[d2 <= 1e-12 * s] = 0.0
+    return d2
+
+
+def _kernels_from_ip(ip, nx2, ny2, kernels, symmetric, sigma=None):
+    """Kernel matrices from inner products ``ip`` [N, M] and squared norms ``nx2`` [N], ``ny2`` [M].
+
+    Returns (dict kernel -> float64 [N, M], sigma used or None).
+    """
+    out, used_sigma = {}, None
+    for k in kernels:
+        if k == "ip":
+            out[k] = ip.copy()
+        elif k == "cosine":
+            den = np.sqrt(nx2)[:, None] * np.sqrt(ny2)[None, :]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[k] = np.where(den > 0, ip / np.where(den > 0, den, 1.0), 0.0)
+        else:
+            d2 = _sq_dists(ip, nx2, ny2)
+            if symmetric:
+                np.fill_diagonal(d2, 0.0)
+            if sigma is None:
+                pairs = d2[np.triu_indices(d2.shape[0], 1)] if symmetric else d2
+                used_sigma = median_sigma(pairs)
+            else:
+                used_sigma = float(sigma)
+            out[k] = rbf_from_sq_dists(d2, used_sigma)
+    if symmetric:
+        for k in out:  # exact symmetry (the values are computed once per pair already)
+            m = out[k]
+            out[k] = np.triu(m) + np.triu(m, 1).T
+    return out, used_sigma
+
+
+def _aligned_ip64(x64, y64, perm):
+    """float64 ``sum_s <x[b, s], y[b, perm[b, s]]>`` for x64, y64 ``[B, S, C]``, perm ``[B, S]``."""
+    yp = np.take_along_axis(y64, perm[:, :, None], axis=1)
+    return np.einsum("bsc,bsc->b", x64, yp)
+
+
+# ---------------------------------------------------------------------------------------------
+# pairs
+
+
+def _solver_options(matching, options, rn=None, cn=None):
+    opts = dict(options)
+    if matching in ("exact", "batch_optimal"):
+        opts.setdefault("n_workers", 1)
+    if matching == "batch_optimal" and rn is not None:
+        opts.setdefault("row_norms", rn)
+        opts.setdefault("col_norms", cn)
+    return opts
+
+
+def perm_inv_semantic_sim(v_i, v_j, kernel="ip", matching="exact", return_permutation=False,
+                          sigma=None, **matching_options):
+    """Permutation-invariant similarity of two samples ``v_i``, ``v_j`` ``[S, C]``.
+
+    Solves ``perm = argmax_pi sum_s <v_i[s], v_j[pi(s)]>`` with ``matching`` (one of
+    ``matching.SOLVERS``) and applies ``kernel`` ("ip", "cosine", "rbf" or a list of them) to
+    the aligned pair (formulas in the module docstring).
+
+    Args:
+        v_i, v_j: ``[S, C]`` torch tensors or NumPy arrays (``S`` positions/tokens, ``C``
+            channels), same shape.
+        kernel: a kernel name, or a list of names (then a dict kernel -> value is returned).
+        matching: solver name; ``**matching_options`` go to ``solve_assignment``.
+        return_permutation: also return ``perm`` (int64 ``[S]``): ``perm[s]`` is the position of
+            ``v_j`` matched to position ``s`` of ``v_i``.
+        sigma: RBF bandwidth, required for ``"rbf"``: the median-heuristic bandwidth is a property
+            of a whole set of samples, not of one pair; use :func:`semantic_sim_parallel` for RSMs.
+
+    Returns:
+        float (or dict kernel -> float), and ``perm`` when ``return_permutation``.
+    """
+    kernels, was_list = _check_kernels(kernel)
+    _check_matching(matching)
+    sigma = _check_sigma(sigma)
+    if "rbf" in kernels and sigma is None:
+        raise ValueError(
+            "kernel 'rbf' needs sigma= for a single pair: the bandwidth (median of the pairwise "
+            "distances) is a property of the whole set of samples, not of one pair; pass sigma "
+            "explicitly, or build the RSM with semantic_sim_parallel(..., kernel='rbf'), which "
+            "sets it from all pairs"
+        )
+    a = _as_tensor(v_i, "v_i")
+    b = _as_tensor(v_j, "v_j")
+    for t, name in ((a, "v_i"), (b, "v_j")):
+        if t.ndim != 2:
+            raise ValueError(
+                f"{name} must be 2-D [S, C] (positions x channels), got {t.ndim}-D shape "
+                f"{tuple(t.shape)}; for sets of samples use semantic_sim_parallel"
+            )
+    _check_pair(a[None], b[None], ("v_i", "v_j"))
+    _check_finite(a.reshape(1, -1), "v_i")
+    _check_finite(b.reshape(1, -1), "v_j")
+    S = a.shape[0]
+    if matching == "exact":
+        check_exact_feasible(S, 1)
+    dt = torch.promote_types(a.dtype, b.dtype)
+    aff = a.to(dt) @ b.to(device=a.device, dtype=dt).T
+    a64 = a.cpu().double().numpy()
+    b64 = b.cpu().double().numpy()
+    opts = _solver_options(matching, matching_options,
+                           np.linalg.norm(a64, axis=1)[None], np.linalg.norm(b64, axis=1)[None])
+    perm = np.asarray(solve_assignment(aff.cpu()[None], matching, **opts)[0], dtype=np.int64)
+    ip = float(_aligned_ip64(a64[None], b64[None], perm[None])[0])
+    nx2 = np.array([np.sum(a64 * a64)])
+    ny2 = np.array([np.sum(b64 * b64)])
+    vals, _ = _kernels_from_ip(np.array([[ip]]), nx2, ny2, kernels, False, sigma)
+    res = {k: float(v[0, 0]) for k, v in vals.items()}
+    out = res if was_list else res[kernels[0]]
+    return (out, perm) if return_permutation else out
+
+
+def _pairs(N, M, symmetric):
+    if symmetric:
+        I, J = np.triu_indices(N, 1)
+    else:
+        I, J = np.divmod(np.arange(N * M), M)
+    return I.astype(np.int64), J.astype(np.int64)
+
+
+def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic pairs"):
+    """Optimal-alignment inner products of every pair.
+
+    Args:
+        xs: ``[N, S, C]`` tensor; ys: ``[M, S, C]`` tensor or None (the symmetric N x N case).
+
+    Returns:
+        (ip float64 [N, M], squared Frobenius norms nx2 [N], ny2 [M]).
+    """
+    symmetric = ys is None
+    yt = xs if symmetric else ys
+    N, S, C = xs.shape
+    M = yt.shape[0]
+    if yt.device != xs.device:
+        yt = yt.to(xs.device)
+    dt = torch.promote_types(xs.dtype, yt.dtype)
+    xa, ya = xs.to(dt), yt.to(dt)
+    x64 = xs.detach().cpu().double().numpy()
+    y64 = x64 if symmetric else yt.detach().cpu().double().numpy()
+    nx2 = np.einsum("nsc,nsc->n", x64, x64)
+    ny2 = nx2 if symmetric else np.einsum("nsc,nsc->n", y64, y64)
+    rn = cn = None
+    if matching == "batch_optimal":
+        rn = np.sqrt(np.einsum("nsc,nsc->ns", x64, x64))
+        cn = rn if symmetric else np.sqrt(np.einsum("nsc,nsc->ns", y64, y64))
+
+    I, J = _pairs(N, M, symmetric)
+    P = I.size
+    ip = np.zeros((N, M), dtype=np.float64)
+    if symmetric:
+        ip[np.diag_indices(N)] = nx2  # identity is optimal for a sample with itself
+    if P == 0:
+        return ip, nx2, ny2
+    if matching == "exact":
+        check_exact_feasible(S, P, n_workers=n_workers)
+    workers = _n_workers(n_workers)
+    itemsize = torch.empty((), dtype=dt).element_size()
+    chunk = int(max(1, min(P, _CHUNK_BYTES // (S * S * itemsize))))
+    task = max(1, min(_TASK_PAIRS, -(-chunk // workers)))
+
+    def solve(lo, hi, aff):
+        ii, jj = I[lo:hi], J[lo:hi]
+        opts = _solver_options(matching, options,
+                               None if rn is None else rn[ii], None if cn is None else cn[jj])
+        perm = np.asarray(solve_assignment(aff, matching, **opts), dtype=np.int64)
+        vals = _aligned_ip64(x64[ii], y64[jj], perm)
+        return lo, hi, vals
+
+    bar = tqdm(total=P, desc=desc, disable=not progress, leave=False)
+    pending = deque()
+    max_pending = 2 * max(1, chunk // task) + workers
+
+    def drain(limit):
+        while len(pending) > limit:
+            lo, hi, vals = pending.popleft().result()
+            ip[I[lo:hi], J[lo:hi]] = vals
+            bar.update(hi - lo)
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for c0 in range(0, P, chunk):
+                c1 = min(P, c0 + chunk)
+                ii = torch.from_numpy(I[c0:c1]).to(xa.device)
+                jj = torch.from_numpy(J[c0:c1]).to(xa.device)
+                aff = torch.bmm(xa[ii], ya[jj].transpose(1, 2)).cpu().numpy()
+                for t0 in range(c0, c1, task):
+                    t1 = min(c1, t0 + task)
+                    pending.append(pool.submit(solve, t0, t1, aff[t0 - c0:t1 - c0]))
+                drain(max_pending)
+            drain(0)
+    finally:
+        bar.close()
+    if symmetric:
+        ip = np.triu(ip) + np.triu(ip, 1).T
+    return ip, nx2, ny2
+
+
+def semantic_sim_parallel(x, y=None, kernel="ip", matching="exact", n_workers=None,
+                          layout="ncs", progress=True, sigma=None, **matching_options):
+    """Semantic (permutation-invariant) RSM between two sets of samples.
+
+    Every pair's affinity ``A = V_i W_j^T`` is computed in chunks with one ``torch.bmm`` (on the
+    input's device); the assignments are solved in a pool of ``n_workers`` threads (scipy's
+    solver releases the GIL); similarities are recomputed in float64 from the permutations.
+
+    Args:
+        x: ``[N, C, S]`` (default ``layout="ncs"``; ``[N, C, H, W]`` is flattened to
+            ``S = H*W``) or, with ``layout="nsc"``, ``[N, T, D]`` tokens (``[N, H, W, C]``
+            channels-last). Torch tensor or NumPy array, finite.
+        y: ``[M, ...]`` like ``x`` (same ``S`` and ``C``), or None for the symmetric ``N x N``
+            RSM of ``x`` (upper triangle solved, diagonal by the identity, then mirrored).
+        kernel: "ip", "cosine", "rbf" or a list of them.
+        matching: solver name (``matching.SOLVERS``); ``**matching_options`` go to it (e.g.
+            ``k=`` for "batch_optimal").
+        n_workers: solver threads (default: the CPUs available to this process).
+        layout: "ncs" or "nsc" (above).
+        progress: tqdm bar over pairs.
+        sigma: RBF bandwidth; default the median heuristic over the whole RSM (module docstring).
+
+    Returns:
+        float64 NumPy ``[N, M]`` (``[N, N]`` when y is None), or a dict kernel -> matrix when
+        ``kernel`` is a list.
+    """
+    kernels, was_list = _check_kernels(kernel)
+    _check_matching(matching)
+    sigma = _check_sigma(sigma)
+    workers = _n_workers(n_workers)
+    xs = _as_nsc(x, "x", layout)
+    ys = None if y is None else _as_nsc(y, "y", layout)
+    if ys is not None:
+        _check_pair(xs, ys)
+    ip, nx2, ny2 = _semantic_ip(xs, ys, matching, workers, progress, matching_options)
+    out, _ = _kernels_from_ip(ip, nx2, ny2, kernels, ys is None, sigma)
+    return out if was_list else out[kernels[0]]
+
+
+def similarity_calculation(x, y=None, kernel="ip", layout="ncs", sigma=None):
+    """Spatio-semantic baseline RSM (no permutation): kernels of the flattened samples.
+
+    ``ip[i, j] = <vec(x_i), vec(y_j)>`` in float64, then the kernels of the module docstring
+    (RBF bandwidth: the same median heuristic over the whole RSM).
+
+    Args:
+        x: ``[N, C, S]`` / ``[N, C, H, W]`` (layout "ncs") or ``[N, T, D]`` / ``[N, H, W, C]``
+            (layout "nsc"); y: the same for ``M`` samples, or None for the ``N x N`` RSM of x.
+        kernel: "ip", "cosine", "rbf" or a list of them.
+        sigma: RBF bandwidth (default: median heuristic).
+
+    Returns:
+        float64 ``[N, M]``, or a dict kernel -> matrix when ``kernel`` is a list.
+    """
+    kernels, was_list = _check_kernels(kernel)
+    sigma = _check_sigma(sigma)
+    xs = _as_nsc(x, "x", layout)
+    ys = None if y is None else _as_nsc(y, "y", layout)
+    if ys is not None:
+        _check_pair(xs, ys)
+    xf = xs.reshape(xs.shape[0], -1).double()
+    yf = xf if ys is None else ys.reshape(ys.shape[0], -1).double().to(xf.device)
+    ip = (xf @ yf.T).cpu().numpy()
+    nx2 = (xf * xf).sum(1).cpu().numpy()
+    ny2 = nx2 if ys is None else (yf * yf).sum(1).cpu().numpy()
+    if ys is None:
+        ip = np.triu(ip) + np.triu(ip, 1).T
+        ip[np.diag_indices_from(ip)] = nx2
+    out, _ = _kernels_from_ip(ip, nx2, ny2, kernels, ys is None, sigma)
+    return out if was_list else out[kernels[0]]
