@@ -176,6 +176,48 @@ def test_batch_optimal_blocks_follow_given_norms():
     assert plain_objective(a[0], p) == pytest.approx(total, abs=1e-9)
 
 
+@pytest.mark.parametrize("rel_tol", [1e-2, 1e-3, 1e-5])
+def test_auction_certified_within_rel_tol_on_relu(rel_tol):
+    rng = np.random.default_rng(11)
+    a, _, _ = relu_affinity(rng, 4, 100, 16)
+    opt = assignment_objective(a, solve_assignment(a, "exact"))
+    p = solve_assignment(a, "auction", rel_tol=rel_tol)
+    assert is_perm(p, 100)
+    obj = assignment_objective(a, p)
+    assert np.all(obj <= opt + 1e-9 * np.abs(opt))
+    assert np.all(obj >= opt - rel_tol * np.abs(obj) - 1e-9)
+    assert np.all(obj >= 0.99 * opt)
+
+
+def test_auction_reaches_optimum_on_small_problems_and_general_signs():
+    rng = np.random.default_rng(12)
+    for S in (2, 3, 5, 6):
+        a = rng.normal(size=(5, S, S)) * 10 - 3
+        p = solve_assignment(a, "auction", rel_tol=1e-9)
+        for b in range(5):
+            assert plain_objective(a[b], p[b]) == pytest.approx(brute_force_best(a[b]), abs=1e-6)
+
+
+def test_auction_degenerate_inputs():
+    # constant matrix (every permutation optimal), S = 1, integer ties
+    for a in (np.full((2, 7, 7), 3.0), np.ones((3, 1, 1)), np.tile(np.arange(5.0), (5, 1))):
+        p = solve_assignment(a, "auction")
+        assert is_perm(p, a.shape[-1])
+        opt = assignment_objective(a, solve_assignment(a, "exact"))
+        np.testing.assert_allclose(assignment_objective(a, p), opt, rtol=1e-3)
+
+
+def test_auction_batch_equals_one_by_one():
+    rng = np.random.default_rng(13)
+    a, _, _ = relu_affinity(rng, 3, 30, 8)
+    batch = assignment_objective(a, solve_assignment(a, "auction", rel_tol=1e-6))
+    single = np.array([float(assignment_objective(a[b], solve_assignment(a[b], "auction", rel_tol=1e-6)))
+                       for b in range(3)])
+    opt = assignment_objective(a, solve_assignment(a, "exact"))
+    np.testing.assert_allclose(batch, opt, rtol=1e-6)
+    np.testing.assert_allclose(single, opt, rtol=1e-6)
+
+
 def test_assignment_objective_plain_reference():
     rng = np.random.default_rng(10)
     a = rng.normal(size=(3, 7, 7))
@@ -191,7 +233,7 @@ def test_assignment_objective_plain_reference():
 
 
 def test_unknown_method_lists_valid_names():
-    with pytest.raises(ValueError, match="valid methods are: exact, batch_optimal, greedy"):
+    with pytest.raises(ValueError, match="valid methods are: exact, auction, batch_optimal, greedy"):
         solve_assignment(np.eye(3), "hungarian")
 
 
@@ -223,6 +265,12 @@ def test_bad_options_rejected():
         solve_assignment(np.eye(3), "batch_optimal", k=0)
     with pytest.raises(ValueError, match="row_norms must have shape"):
         solve_assignment(np.eye(3), "batch_optimal", row_norms=np.ones(4))
+    with pytest.raises(ValueError, match=r"rel_tol \(auction option\) must be a number > 0"):
+        solve_assignment(np.eye(3), "auction", rel_tol=0)
+    with pytest.raises(ValueError, match=r"theta \(auction option\) must be a number in \(0, 1"):
+        solve_assignment(np.eye(3), "auction", theta=1.5)
+    with pytest.raises(ValueError, match="max_phases"):
+        solve_assignment(np.eye(3), "auction", max_phases=0)
     with pytest.raises(ValueError, match="n_workers"):
         solve_assignment(np.eye(3)[None].repeat(2, 0), "exact", n_workers=0)
 

@@ -44,7 +44,7 @@ __all__ = [
     "check_exact_feasible",
 ]
 
-SOLVERS = ("exact", "batch_optimal", "greedy")
+SOLVERS = ("exact", "auction", "batch_optimal", "greedy")
 
 # ---------------------------------------------------------------------------------------------
 # validation helpers
@@ -210,6 +210,138 @@ def _solve_greedy(a):
     return perm
 
 
+_CHUNK_ELEMS = 1 << 22  # bidders per block in the auction's row scans: chunk x S <= 4M floats
+
+
+def _top2(flat, rows, brows, prices, S):
+    """Best and second-best net value ``flat[r] - prices[b]`` for every bidder, chunked.
+
+    Args:
+        flat: ``[B*S, S]`` affinities; rows: ``[U]`` sorted global person indices;
+        brows: ``[U]`` their problem indices (``rows // S``); prices: ``[B, S]``.
+
+    Returns:
+        (j1 ``[U]`` best column, w1 ``[U]`` best value, w2 ``[U]`` second-best value).
+    Bidders are processed in runs of one problem (prices broadcast, no ``[U, S]`` price copy)
+    of at most ``_CHUNK_ELEMS / S`` rows, which bounds the temporary memory.
+    """
+    U = rows.size
+    j1 = np.empty(U, dtype=np.int64)
+    w1 = np.empty(U)
+    w2 = np.empty(U)
+    step = max(1, _CHUNK_ELEMS // S)
+    if U * S <= (1 << 16):  # few bidders: one gather is cheaper than a loop over problems
+        spans = [(0, U, None)]
+    else:
+        cuts = np.flatnonzero(np.diff(brows)) + 1
+        edges = np.concatenate(([0], cuts, [U]))
+        spans = [(lo, min(hi, lo + step), int(brows[lo]))
+                 for s0, hi in zip(edges[:-1], edges[1:]) for lo in range(s0, hi, step)]
+    for lo, hi, b in spans:
+        vals = flat[rows[lo:hi]]
+        np.subtract(vals, prices[brows[lo:hi]] if b is None else prices[b], out=vals)
+        r = np.arange(hi - lo)
+        j = vals.argmax(axis=1)
+        j1[lo:hi] = j
+        w1[lo:hi] = vals[r, j]
+        vals[r, j] = -np.inf
+        w2[lo:hi] = vals.max(axis=1)
+    return j1, w1, w2
+
+
+def _solve_auction(a, rel_tol=1e-3, theta=0.2, eps0=0.02, max_phases=20):
+    """Forward auction with epsilon scaling (Bertsekas 1988), Jacobi bidding vectorised over the batch.
+
+    Persons are rows, objects columns. Each round every unassigned person ``i`` bids for its best
+    object ``j1 = argmax_j (A_ij - p_j)`` the price ``p_j1 + (w1 - w2) + eps`` (``w1``, ``w2``: best
+    and second-best net values); each object goes to its highest bidder, whose previous owner
+    becomes unassigned. A phase ends when everyone is assigned; the assignment then satisfies
+    eps-complementary slackness, so its objective is within ``S * eps`` of the optimum.
+
+    Epsilon scaling: prices start at the column means of ``A`` (a warm start that removes most of
+    the price war when all rows prefer the same high-norm columns) and ``eps`` at ``eps0`` times
+    the affinity's range; after each phase ``eps *= theta``, and only the persons that violate
+    the new ``eps``-slackness are unassigned. After each phase the duality gap
+    ``D - J`` with ``D = sum_i max_j (A_ij - p_j) + sum_j p_j >= optimum`` is computed; a problem
+    stops when ``D - J <= rel_tol * |J|``, which certifies ``J >= optimum - rel_tol * |J|``.
+    """
+    for name, val, lo, hi in (("rel_tol", rel_tol, 0.0, None), ("theta", theta, 0.0, 1.0),
+                              ("eps0", eps0, 0.0, None)):
+        if not (isinstance(val, (int, float, np.floating)) and np.isfinite(val) and val > lo
+                and (hi is None or val < hi)):
+            rng = f"in (0, {hi})" if hi is not None else "> 0"
+            raise ValueError(f"{name} (auction option) must be a number {rng}, got {val!r}")
+    if not isinstance(max_phases, (int, np.integer)) or max_phases < 1:
+        raise ValueError(f"max_phases (auction option) must be a positive integer, got {max_phases!r}")
+    B, S, _ = a.shape
+    if S == 1:
+        return np.zeros((B, 1), dtype=np.int64)
+    flat64 = a.reshape(B * S, S)
+    # Bids are computed on a float32 copy (half the memory traffic) while eps is well above
+    # float32 resolution of the affinities; below that on the float64 input. The certificate
+    # always uses float64, so the precision of the bids never affects the guarantee.
+    flat32 = flat64.astype(np.float32)
+    fine = np.float64(np.finfo(np.float32).eps) * 256 * max(float(np.abs(a).max()), 1e-300)
+    prices = a.mean(axis=1)  # [B, S] column means
+    pflat = prices.reshape(-1)
+    spread = a.max(axis=(1, 2)) - a.min(axis=(1, 2))
+    spread[spread <= 0] = 1.0
+    eps = eps0 * spread
+    eps_floor = 1e-12 * spread
+    active = np.ones(B, dtype=bool)
+    assign = np.full(B * S, -1, dtype=np.int64)  # global person -> local object
+    owner = np.full(B * S, -1, dtype=np.int64)   # global object -> local person
+    best = np.zeros((B, S), dtype=np.int64)
+    best_obj = np.full(B, -np.inf)
+    ar = np.arange(S)
+
+    for _ in range(max_phases):
+        pact = np.repeat(active, S)
+        flat = flat32 if eps[active].min() > fine else flat64
+        while True:
+            U = np.flatnonzero((assign < 0) & pact)
+            if U.size == 0:
+                break
+            bU = U // S
+            j1, w1, w2 = _top2(flat, U, bU, prices, S)
+            gobj = bU * S + j1
+            bid = pflat[gobj] + (w1 - w2) + eps[bU]
+            order = np.lexsort((-bid, gobj))  # per object, highest bid first
+            gs = gobj[order]
+            first = np.ones(order.size, dtype=bool)
+            first[1:] = gs[1:] != gs[:-1]
+            win = order[first]
+            wg = gobj[win]
+            wp = U[win]
+            prev = owner[wg]
+            had = prev >= 0
+            assign[(wg[had] // S) * S + prev[had]] = -1
+            owner[wg] = wp % S
+            assign[wp] = wg % S
+            pflat[wg] = bid[win]
+        # phase end: certificate, best so far, and the next phase's unassignments
+        for b in np.flatnonzero(active):
+            asg = assign[b * S:(b + 1) * S]
+            net = a[b] - prices[b]
+            rowmax = net.max(axis=1)
+            own = net[ar, asg]
+            obj = float(a[b][ar, asg].sum())
+            gap = float(rowmax.sum() + prices[b].sum() - obj)
+            if obj > best_obj[b]:
+                best_obj[b] = obj
+                best[b] = asg
+            if gap <= rel_tol * abs(obj) or gap <= S * eps_floor[b] or eps[b] <= eps_floor[b]:
+                active[b] = False
+                continue
+            eps[b] *= theta
+            loose = np.flatnonzero(rowmax - own > eps[b])
+            owner[b * S + asg[loose]] = -1
+            assign[b * S + loose] = -1
+        if not active.any():
+            break
+    return best
+
+
 # ---------------------------------------------------------------------------------------------
 # public API
 
@@ -235,8 +367,9 @@ def solve_assignment(affinity, method="exact", **options):
     a, was_2d = _as_affinity_batch(affinity)
     allowed = {
         "exact": {"n_workers"},
+        "auction": {"rel_tol", "theta", "eps0", "max_phases", "n_workers"},
         "batch_optimal": {"k", "row_norms", "col_norms", "n_workers"},
-        "greedy": set(),
+        "greedy": {"n_workers"},
     }[method]
     unknown = set(options) - allowed
     if unknown:
@@ -246,10 +379,14 @@ def solve_assignment(affinity, method="exact", **options):
         )
     if method == "exact":
         perm = _solve_exact(a, **options)
+    elif method == "auction":
+        options.pop("n_workers", None)
+        perm = _solve_auction(a, **options)
     elif method == "batch_optimal":
         perm = _solve_batch_optimal(a, **options)
     else:
-        perm = _solve_greedy(a, **options)
+        options.pop("n_workers", None)
+        perm = _solve_greedy(a)
     return perm[0] if was_2d else perm
 
 
