@@ -41,7 +41,7 @@ MEASURES: dict[str, tuple[str, str, dict, bool, str]] = {
             "linear CKA (Kornblith et al. 2019)"),
     "rbf_cka": ("simtorch_semantic.measures.cka", "CKA", {"kernel": "rbf"}, True,
                 "CKA with a Gaussian kernel, bandwidth 0.8 x median distance"),
-    "dcka": ("simtorch_semantic.measures.cka", "DeltaCKA", {}, False,
+    "dcka": ("simtorch_semantic.measures.cka", "DeltaCKA", {}, True,
              "deconfounded CKA (Cui et al. 2022), the input as confounder"),
     "rsa": ("simtorch_semantic.measures.rsa", "RSA", {}, False,
             "representational similarity analysis"),
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="batch size (default: 64)")
     cmp_.add_argument("--device", default="cpu", help="torch device (default: cpu), e.g. cuda:0")
     cmp_.add_argument("--estimator", choices=("minibatch", "full"), default=None,
-                      help="CKA estimator (cka, rbf_cka): minibatch (default; flat memory) or "
+                      help="CKA estimator (cka, rbf_cka, dcka): minibatch (default; flat memory) or "
                       "full (exact, keeps all activations)")
     cmp_.add_argument("--seed", type=int, default=0,
                       help="seed of the random weights and of the augmentations (default: 0)")
@@ -262,10 +262,20 @@ def _build_model(name: str, weights, progress: bool):
             ) from err
 
 
-def _preflight(sim_model, dataset, option: str, image_size: int) -> None:
-    """Run the model once on two samples so that a model that needs other inputs fails early."""
+def _preflight(sim_model, dataset, option: str, layer_option: str, image_size: int) -> None:
+    """Capture the selected layers on two samples before the comparison starts.
+
+    A model that cannot run at ``--image-size`` and a layer selection that cannot be captured (a
+    module that runs twice or never) then fail early, as argument errors. When the capture fails,
+    a bare forward pass tells the two causes apart.
+    """
     import torch
     x = torch.stack([dataset[0], dataset[min(1, len(dataset) - 1)]])
+    try:
+        sim_model.capture(x, reduce=lambda layer, t: None)
+        return
+    except _ERRORS as err:
+        capture_error = err
     model = sim_model.model
     was_training = model.training
     try:
@@ -278,6 +288,7 @@ def _preflight(sim_model, dataset, option: str, image_size: int) -> None:
                        "--image-size (e.g. 224)") from err
     finally:
         model.train(was_training)
+    raise CLIError(f"{layer_option}: {_one_line(capture_error)}") from capture_error
 
 
 # ---------------------------------------------------------------------------- compare
@@ -296,7 +307,7 @@ def _compare(args) -> int:
     options = dict(fixed)
     if args.estimator is not None:
         if not takes_estimator:
-            raise CLIError(f"--estimator applies to cka and rbf_cka, not to --measure "
+            raise CLIError(f"--estimator applies to cka, rbf_cka and dcka, not to --measure "
                            f"{args.measure}; leave it out")
         options["estimator"] = args.estimator
     estimator = options.get("estimator", "minibatch" if takes_estimator else None)
@@ -336,10 +347,9 @@ def _compare(args) -> int:
         raise CLIError(f"--images: {_one_line(err)}" if args.images else _one_line(err)) from err
 
     progress = not args.no_progress
-    with torch.random.fork_rng(devices=[]):       # seeded weights without touching global RNG
-        torch.manual_seed(args.seed)
-        model_a = _build_model(name_a, weights_a, progress)
-        model_b = _build_model(name_b, weights_b, progress)
+    torch.manual_seed(args.seed)                  # seeded weights (main() forks the RNG)
+    model_a = _build_model(name_a, weights_a, progress)
+    model_b = _build_model(name_b, weights_b, progress)
     try:
         sim_a = SimilarityModel(model_a, model_name=name_a, layers_to_include=layers_a,
                                 device=device)
@@ -350,22 +360,27 @@ def _compare(args) -> int:
                                 device=device)
     except _ERRORS as err:
         raise CLIError(f"--layers-b: {_one_line(err)}") from err
-    _preflight(sim_a, dataset, "MODEL_A", args.image_size)
-    _preflight(sim_b, dataset, "MODEL_B", args.image_size)
+    _preflight(sim_a, dataset, "MODEL_A", "--layers-a", args.image_size)
+    _preflight(sim_b, dataset, "MODEL_B", "--layers-b", args.image_size)
 
     try:
         measure = measures[args.measure](sim_a, sim_b, device=device, **options)
     except _ERRORS as err:
         raise CLIError(f"--measure {args.measure}: {_one_line(err)}") from err
-    loader = DataLoader(dataset, batch_size=min(args.batch_size, args.n), shuffle=False)
+    # its own generator: iterating the loader draws a base seed, not from the global RNG
+    loader = DataLoader(dataset, batch_size=min(args.batch_size, args.n), shuffle=False,
+                        generator=torch.Generator().manual_seed(args.seed))
     try:
         result = measure.compute(loader, progress=progress)
     except _ERRORS as err:
         raise CLIError(f"comparing {name_a} with {name_b} failed: {_one_line(err)}", 1) from err
 
     try:
+        init = "random init" if weights_a is None else f"weights {weights_a}"
+        title = (f"{args.measure}: {name_a} vs {name_b} ({result.n_samples} samples, "
+                 f"{args.image_size} px, {init})")
         written = _write_outputs(result, out, f"{_safe(name_a)}_vs_{_safe(name_b)}_"
-                                 f"{args.measure}")
+                                 f"{args.measure}", title)
     except OSError as err:
         raise CLIError(f"--out '{out}': cannot write the results ({_one_line(err)})", 1) from err
     rows, cols = result.matrix.shape
@@ -376,7 +391,7 @@ def _compare(args) -> int:
     return 0
 
 
-def _write_outputs(result, out: Path, stem: str) -> list[Path]:
+def _write_outputs(result, out: Path, stem: str, title: str | None = None) -> list[Path]:
     """Save CSV + JSON via SimilarityResult.save and the heatmap PNG via SimilarityResult.plot."""
     from matplotlib.figure import Figure          # no pyplot: no GUI backend, no global state
     out.mkdir(parents=True, exist_ok=True)
@@ -384,7 +399,7 @@ def _write_outputs(result, out: Path, stem: str) -> list[Path]:
     rows, cols = result.matrix.shape
     fig = Figure(figsize=(max(6.0, 3.0 + 0.38 * cols), max(5.0, 2.0 + 0.38 * rows)))
     ax = fig.add_subplot()
-    result.plot(ax=ax)
+    result.plot(ax=ax, title=title)
     png = out / f"{stem}.png"
     tmp = png.with_name(f".{png.name}.tmp.png")
     try:
@@ -405,7 +420,9 @@ def main(argv=None) -> int:
         except SystemExit as stop:                     # --help / --version
             return stop.code if isinstance(stop.code, int) else 0
         if args.command == "compare":
-            return _compare(args)
+            import torch
+            with torch.random.fork_rng(devices=[]):    # leave the caller's CPU RNG as it was
+                return _compare(args)
         raise CLIError(f"unknown command {args.command!r}")  # pragma: no cover
     except CLIError as err:
         if os.environ.get("SIMTORCH_SEMANTIC_TRACEBACK"):

@@ -1,0 +1,268 @@
+"""Tests of the ``simtorch-semantic compare`` command (cli.py, __main__.py).
+
+Models are randomly initialised torchvision networks at tiny image sizes, so every run is offline
+and takes about a second.
+"""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from simtorch_semantic import cli
+from simtorch_semantic.cli import MEASURES, main
+from simtorch_semantic.results import SimilarityResult
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--n", "16", "--image-size", "32", "--batch-size", "8", "--no-progress"]
+RESNET18_BLOCKS = ["conv1", "bn1", "relu", "maxpool", "layer1.0", "layer1.1", "layer2.0",
+                   "layer2.1", "layer3.0", "layer3.1", "layer4.0", "layer4.1", "avgpool", "fc"]
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got: {err!r}"
+    assert lines[0].startswith("simtorch-semantic: error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# ------------------------------------------------------------------------ the main job
+def test_compare_end_to_end_writes_png_csv_json(tmp_path, capsys):
+    out = tmp_path / "results"
+    code = main(["compare", "resnet18", "resnet18", "--n", "16", "--image-size", "32",
+                 "--batch-size", "8", "--out", str(out)])
+    assert code == 0
+    stem = out / "resnet18_vs_resnet18_cka"
+    png, csv_path, json_path = (stem.with_suffix(s) for s in (".png", ".csv", ".json"))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    captured = capsys.readouterr()
+    for path in (png, csv_path, json_path):
+        assert f"wrote {path}" in captured.out
+    assert "%" in captured.err or "batch" in captured.err      # the progress bar was shown
+
+    result = SimilarityResult.load(json_path)
+    matrix = np.asarray(result)
+    assert matrix.shape == (14, 14)
+    assert result.row_layers == RESNET18_BLOCKS and result.col_layers == RESNET18_BLOCKS
+    assert result.n_samples == 16 and result.measure == "cka"
+    assert np.isfinite(matrix).all()
+    assert (matrix > -0.05).all() and (matrix < 1.0 + 1e-6).all()
+    meta = json.loads(json_path.read_text())
+    assert meta["model1_name"] == "resnet18" and meta["params"]["estimator"] == "minibatch"
+
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0][1:] == RESNET18_BLOCKS and [r[0] for r in rows[1:]] == RESNET18_BLOCKS
+    np.testing.assert_allclose(np.array([r[1:] for r in rows[1:]], dtype=float), matrix,
+                               rtol=0, atol=1e-12)
+
+
+def test_compare_layers_seed_and_determinism(tmp_path, capsys):
+    args = ["compare", "resnet18", "mobilenet_v3_small", "--layers-a", "layer1.0, layer4.?,fc",
+            "--layers-b", "nn.Linear", "--n", "8", "--image-size", "32", "--batch-size", "8",
+            "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert main([*args, "--seed", "1", "--out", str(tmp_path / "c")]) == 0
+    name = "resnet18_vs_mobilenet_v3_small_cka.json"
+    a, b, c = (SimilarityResult.load(tmp_path / d / name) for d in "abc")
+    assert a.row_layers == ["layer1.0", "layer4.0", "layer4.1", "fc"]
+    assert a.col_layers == ["classifier.0", "classifier.3"]
+    np.testing.assert_array_equal(a.matrix, b.matrix)       # same seed -> same numbers
+    assert not np.allclose(a.matrix, c.matrix)              # another seed -> other weights/crops
+    assert "%" not in capsys.readouterr().err               # --no-progress
+
+
+def test_compare_full_estimator_and_own_images(tmp_path):
+    from PIL import Image
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    out = tmp_path / "out"
+    assert main(["compare", "resnet18", "resnet18", "--layers-a", "layer1.?", "--layers-b",
+                 "layer2.?", "--images", str(images), "--estimator", "full", "--out", str(out),
+                 *FAST]) == 0
+    result = SimilarityResult.load(out / "resnet18_vs_resnet18_cka.json")
+    assert result.shape == (2, 2) and result.params["estimator"] == "full"
+
+
+def test_weights_default_goes_through_get_model(tmp_path, monkeypatch):
+    """--weights DEFAULT asks torchvision.models.get_model(name, weights="DEFAULT").
+
+    The download itself is replaced by a randomly initialised model (no network in tests).
+    """
+    calls = []
+    real_get_model = torchvision.models.get_model
+
+    def fake_get_model(name, **config):
+        calls.append((name, dict(config)))
+        return real_get_model(name, weights=None)
+
+    monkeypatch.setattr(torchvision.models, "get_model", fake_get_model)
+    assert main(["compare", "resnet18", "resnet18", "--weights", "DEFAULT", "--layers-a", "fc",
+                 "--layers-b", "fc", "--out", str(tmp_path), *FAST]) == 0
+    assert [c[0] for c in calls] == ["resnet18", "resnet18"]
+    assert all(c[1]["weights"] == "DEFAULT" for c in calls)
+    calls.clear()
+    assert main(["compare", "resnet18", "resnet18", "--layers-a", "fc", "--layers-b", "fc",
+                 "--out", str(tmp_path), *FAST]) == 0
+    assert all(c[1]["weights"] is None for c in calls)
+
+
+def test_global_rng_untouched(tmp_path):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    assert main(["compare", "resnet18", "resnet18", "--layers-a", "fc", "--layers-b", "fc",
+                 "--out", str(tmp_path), *FAST]) == 0
+    assert torch.equal(torch.rand(3), expected)
+
+
+# ------------------------------------------------------------------------ bad arguments
+BAD_ARGUMENTS = [
+    (["compare", "resnet18", "resnt34"], "close names: resnet34"),
+    (["compare", "resnet18", "fasterrcnn_resnet50_fpn"], "image-classification models"),
+    (["compare", "resnet18", "resnet18", "--layers-a", "layer9"], "--layers-a: .*layer9"),
+    (["compare", "resnet18", "resnet18", "--layers-b", "layer1.9"], "--layers-b: .*layer1.9"),
+    (["compare", "resnet18", "resnet18", "--layers-a", " , "], "--layers-a is empty"),
+    (["compare", "resnet18", "resnet18", "--layers-a", "layer4.*"],
+     "--layers-a: .*layer4.0.relu.* more than once"),
+    (["compare", "resnet18", "resnet18", "--layers-a", "nn.NoSuchLayer"],
+     "not a torch.nn module class"),
+    (["compare", "resnet18", "resnet18", "--n", "1"], "argument --n: must be >= 2"),
+    (["compare", "resnet18", "resnet18", "--n", "many"], "argument --n: expected an integer"),
+    (["compare", "resnet18", "resnet18", "--n", "18", "--batch-size", "8"],
+     "last batch of 2 samples"),
+    (["compare", "resnet18", "resnet18", "--batch-size", "2"], "at least 4 samples per batch"),
+    (["compare", "resnet18", "resnet18", "--batch-size", "0"], "argument --batch-size"),
+    (["compare", "resnet18", "resnet18", "--image-size", "4"], "argument --image-size"),
+    (["compare", "resnet18", "resnet18", "--measure", "ckaa"],
+     "unknown measure 'ckaa' .*did you mean cka.*available: cka"),
+    (["compare", "resnet18", "resnet18", "--estimator", "exact"], "argument --estimator"),
+    (["compare", "resnet18", "resnet18", "--weights", "IMAGENET9K"],
+     "not a weights name of resnet18; choose one of none, IMAGENET1K_V1, DEFAULT"),
+    (["compare", "resnet18", "resnet18", "--device", "gpu0"], "is not a torch device"),
+    (["compare", "squeezenet1_1", "resnet18", "--image-size", "8"],
+     "MODEL_A squeezenet1_1 cannot run on inputs .*--image-size"),
+    (["compare", "resnet18", "resnet18", "--bogus"], "unrecognized arguments: --bogus"),
+    (["compare", "resnet18"], "required: MODEL_B"),
+    ([], "required: COMMAND"),
+]
+
+
+@pytest.mark.parametrize("argv, match", BAD_ARGUMENTS,
+                         ids=[" ".join(a[1:]) or "no-command" for a, _ in BAD_ARGUMENTS])
+def test_bad_arguments_exit_2_with_one_line(argv, match, tmp_path, capsys):
+    if argv and argv[0] == "compare" and len(argv) > 2:
+        argv = [*argv, "--out", str(tmp_path / "out"), "--no-progress"]
+        if "--n" not in argv:
+            argv += ["--n", "8"]
+        if "--image-size" not in argv:
+            argv += ["--image-size", "32"]
+        if "--batch-size" not in argv:
+            argv += ["--batch-size", "8"]
+    assert main(argv) == 2
+    import re
+    assert re.search(match, _one_line_error(capsys))
+    assert not (tmp_path / "out").exists()                   # nothing written on bad input
+
+
+def test_images_folder_errors(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    base = ["compare", "resnet18", "resnet18", "--out", str(tmp_path / "o"), *FAST]
+    assert main([*base, "--images", str(empty)]) == 2
+    assert "--images: no image files found in" in _one_line_error(capsys)
+    assert main([*base, "--images", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in _one_line_error(capsys)
+
+
+def test_out_is_a_file(tmp_path, capsys):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    assert main(["compare", "resnet18", "resnet18", "--out", str(target), *FAST]) == 2
+    assert "is a file" in _one_line_error(capsys)
+
+
+def test_estimator_only_for_cka_family(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(MEASURES, "toy", ("simtorch_semantic.measures.cka", "CKA", {}, False,
+                                          "a measure without estimators"))
+    assert main(["compare", "resnet18", "resnet18", "--measure", "toy", "--estimator", "full",
+                 "--out", str(tmp_path), *FAST]) == 2
+    assert "--estimator applies to" in _one_line_error(capsys)
+
+
+def test_unavailable_measure_module(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(MEASURES, "ghost", ("simtorch_semantic.measures.no_such_module", "Ghost",
+                                            {}, False, "not installed"))
+    assert "ghost" not in cli.available_measures()
+    assert main(["compare", "resnet18", "resnet18", "--measure", "ghost",
+                 "--out", str(tmp_path), *FAST]) == 2
+    assert "cannot be imported" in _one_line_error(capsys)
+
+
+def test_cuda_device_unavailable(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert main(["compare", "resnet18", "resnet18", "--device", "cuda", "--out", str(tmp_path),
+                 *FAST]) == 2
+    assert "CUDA is not available" in _one_line_error(capsys)
+
+
+def test_failure_during_comparison_exits_1(tmp_path, capsys, monkeypatch):
+    from simtorch_semantic.measures.cka import CKA
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("activation of layer 'fc' has NaN\nin batch 0")
+
+    monkeypatch.setattr(CKA, "compute", broken)
+    assert main(["compare", "resnet18", "resnet18", "--out", str(tmp_path), *FAST]) == 1
+    line = _one_line_error(capsys)
+    assert "comparing resnet18 with resnet18 failed: activation of layer 'fc' has NaN in batch 0" \
+        in line
+
+
+def test_help_and_version(capsys):
+    assert main(["--help"]) == 0
+    assert "compare" in capsys.readouterr().out
+    assert main(["compare", "--help"]) == 0
+    text = capsys.readouterr().out
+    for name in ("--measure", "--layers-a", "--weights", "--images", "rbf_cka", "dcka"):
+        assert name in text
+    assert main(["--version"]) == 0
+
+
+# ------------------------------------------------------------------------ as a program
+def test_python_dash_m_offline_weights_exit_code(tmp_path):
+    """``python -m simtorch_semantic`` with pretrained weights that are not cached and cannot be
+    downloaded: exit status 2, one line on stderr, no traceback."""
+    env = dict(os.environ)
+    env.update({"TORCH_HOME": str(tmp_path / "torch_home"),       # empty hub cache
+                "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+                "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
+                "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", "")})
+    env.pop("NO_PROXY", None)
+    env.pop("no_proxy", None)
+    env.pop("SIMTORCH_SEMANTIC_TRACEBACK", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "simtorch_semantic", "compare", "resnet18", "resnet18",
+         "--weights", "DEFAULT", "--out", str(tmp_path / "out"), *FAST],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("simtorch-semantic: error: --weights DEFAULT: cannot load the "
+                               "pretrained weights of resnet18")
+    assert "--weights none" in lines[0]
+    assert "wrote" not in proc.stdout          # (torch.hub may print "Downloading: ...")
+    assert not (tmp_path / "out").exists()
