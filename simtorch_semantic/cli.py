@@ -375,10 +375,14 @@ def _compare(args) -> int:
     except _ERRORS as err:
         raise CLIError(f"comparing {name_a} with {name_b} failed: {_one_line(err)}", 1) from err
 
+    # how the inputs and models were made, so that the JSON alone says how to reproduce it
+    result.params["compare"] = {
+        "weights": weights_a, "images": str(args.images) if args.images else "shipped photographs",
+        "image_size": args.image_size, "seed": args.seed, "batch_size": args.batch_size}
+    init = "random init" if weights_a is None else f"weights {weights_a}"
+    title = (f"{args.measure}: {name_a} vs {name_b} ({result.n_samples} samples, "
+             f"{args.image_size} px, {init})")
     try:
-        init = "random init" if weights_a is None else f"weights {weights_a}"
-        title = (f"{args.measure}: {name_a} vs {name_b} ({result.n_samples} samples, "
-                 f"{args.image_size} px, {init})")
         written = _write_outputs(result, out, f"{_safe(name_a)}_vs_{_safe(name_b)}_"
                                  f"{args.measure}", title)
     except OSError as err:

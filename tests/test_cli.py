@@ -57,6 +57,8 @@ def test_compare_end_to_end_writes_png_csv_json(tmp_path, capsys):
     assert (matrix > -0.05).all() and (matrix < 1.0 + 1e-6).all()
     meta = json.loads(json_path.read_text())
     assert meta["model1_name"] == "resnet18" and meta["params"]["estimator"] == "minibatch"
+    assert meta["params"]["compare"] == {"weights": None, "images": "shipped photographs",
+                                         "image_size": 32, "seed": 0, "batch_size": 8}
 
     with open(csv_path, newline="") as handle:
         rows = list(csv.reader(handle))
@@ -99,7 +101,8 @@ def test_compare_full_estimator_and_own_images(tmp_path):
 def test_weights_default_goes_through_get_model(tmp_path, monkeypatch):
     """--weights DEFAULT asks torchvision.models.get_model(name, weights="DEFAULT").
 
-    The download itself is replaced by a randomly initialised model (no network in tests).
+    The download itself is replaced by a randomly initialised model (no network in tests). The
+    same run checks that the caller's global torch RNG is left as it was.
     """
     calls = []
     real_get_model = torchvision.models.get_model
@@ -109,23 +112,17 @@ def test_weights_default_goes_through_get_model(tmp_path, monkeypatch):
         return real_get_model(name, weights=None)
 
     monkeypatch.setattr(torchvision.models, "get_model", fake_get_model)
-    assert main(["compare", "resnet18", "resnet18", "--weights", "DEFAULT", "--layers-a", "fc",
-                 "--layers-b", "fc", "--out", str(tmp_path), *FAST]) == 0
-    assert [c[0] for c in calls] == ["resnet18", "resnet18"]
-    assert all(c[1]["weights"] == "DEFAULT" for c in calls)
-    calls.clear()
-    assert main(["compare", "resnet18", "resnet18", "--layers-a", "fc", "--layers-b", "fc",
-                 "--out", str(tmp_path), *FAST]) == 0
-    assert all(c[1]["weights"] is None for c in calls)
-
-
-def test_global_rng_untouched(tmp_path):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    assert main(["compare", "resnet18", "resnet18", "--layers-a", "fc", "--layers-b", "fc",
-                 "--out", str(tmp_path), *FAST]) == 0
+    assert main(["compare", "resnet18", "resnet18", "--weights", "DEFAULT", "--layers-a", "fc",
+                 "--layers-b", "fc", "--out", str(tmp_path), "--n", "8", "--image-size", "32",
+                 "--batch-size", "8", "--no-progress"]) == 0
     assert torch.equal(torch.rand(3), expected)
+    assert [c[0] for c in calls] == ["resnet18", "resnet18"]
+    assert all(c[1]["weights"] == "DEFAULT" for c in calls)
+    meta = json.loads((tmp_path / "resnet18_vs_resnet18_cka.json").read_text())
+    assert meta["params"]["compare"]["weights"] == "DEFAULT"
 
 
 # ------------------------------------------------------------------------ bad arguments
