@@ -17,7 +17,8 @@ if not os.path.exists(CHROMIUM):
                 allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
-from simtorch_semantic.overlay import SimilarityOverlay, quantize_maps  # noqa: E402
+from simtorch_semantic.overlay import (SimilarityOverlay, pack_upper, quantize_maps,  # noqa: E402
+                                       unpack_upper)
 from simtorch_semantic.overlay.widget import _lut  # noqa: E402
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -84,11 +85,17 @@ def _markers(page, layer):
 
 
 def _expected(overlay, layer, n, i, j, cmap):
-    """Colours the page must paint: LUT[quantised maps of query (n, i, j)] for each image."""
+    """Colours the page must paint: LUT[quantised maps of query (n, i, j)] for each image.
+
+    The page gets the upper triangle of the symmetric matrix, so entry (r, c) with c < r is the
+    quantised S[c, r]; that is what it must show.
+    """
     q, _, _ = quantize_maps(overlay.maps[layer])
     h, w = overlay._grid(layer)
     P, N = h * w, len(overlay.names)
-    row = q[(n * P + i * w + j) * N * P:(n * P + i * w + j + 1) * N * P].reshape(N, P)
+    M = N * P
+    full = unpack_upper(pack_upper(q, M), M)
+    row = full[n * P + i * w + j].reshape(N, P)
     lut = np.frombuffer(_lut(cmap), dtype=np.uint8).reshape(256, 3)
     return lut[row]          # [N, P, 3]
 

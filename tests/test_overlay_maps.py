@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from simtorch_semantic.overlay.maps import (flatten_positions, map_index, pool_activations,
-                                            quantize_maps, similarity_maps, similarity_matrix)
+from simtorch_semantic.overlay.maps import (flatten_positions, map_index, pack_upper,
+                                            pool_activations, quantize_maps, similarity_maps,
+                                            similarity_matrix, unpack_upper)
 
 
 def _acts(n=3, c=5, h=4, w=3, seed=0, relu=False):
@@ -167,3 +168,17 @@ def test_too_many_entries_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(maps, "MAX_ENTRIES", 100)
     with pytest.raises(ValueError, match="pool the layer to a smaller grid"):
         maps.similarity_maps(_acts(n=2, c=2, h=4, w=4))
+
+
+def test_pack_upper_layout_and_roundtrip():
+    m = 7
+    a = np.arange(m * m).reshape(m, m)
+    a = a + a.T
+    packed = pack_upper(a, m)
+    assert packed.size == m * (m + 1) // 2
+    for r in range(m):
+        for c in range(r, m):
+            assert packed[r * m - r * (r - 1) // 2 + (c - r)] == a[r, c]
+    np.testing.assert_array_equal(unpack_upper(packed, m), a)
+    with pytest.raises(ValueError, match="expected m"):
+        unpack_upper(packed[:-1], m)

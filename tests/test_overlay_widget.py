@@ -3,7 +3,6 @@ import base64
 import json
 import re
 import warnings
-import zlib
 
 import matplotlib
 import numpy as np
@@ -14,7 +13,7 @@ from skimage import data as skdata
 
 from simtorch_semantic.model import SimilarityModel
 from simtorch_semantic.overlay import (NMFResult, SimilarityOverlay, nmf_factors, plot_nmf,
-                                       plot_sensitivity, quantize_maps, similarity_maps,
+                                       plot_sensitivity, quantize_maps, similarity_maps, unpack_upper,
                                        transform_sensitivity)
 
 
@@ -64,12 +63,18 @@ def test_payload_sprites_decode_to_quantised_maps(overlay):
     assert [L["name"] for L in pl["layers"]] == ["1", "3"]
     assert [im["name"] for im in pl["images"]] == ["cat", "coffee", "astronaut"]
     for L in pl["layers"]:
-        raw = np.frombuffer(zlib.decompress(base64.b64decode(L["sprite"])), dtype=np.uint8)
-        q, lo, hi = quantize_maps(overlay.maps[L["name"]])
-        np.testing.assert_array_equal(raw, q)
-        assert (L["lo"], L["hi"]) == (lo, hi)
         n, P = 3, L["h"] * L["w"]
-        assert raw.size == (n * P) ** 2
+        M = n * P
+        packed = np.frombuffer(base64.b64decode(L["sprite"]), dtype=np.uint8)
+        assert L["layout"] == "upper" and packed.size == M * (M + 1) // 2
+        raw = unpack_upper(packed, M)
+        q, lo, hi = quantize_maps(overlay.maps[L["name"]])
+        q = q.reshape(M, M)
+        iu = np.triu_indices(M)
+        np.testing.assert_array_equal(raw[iu], q[iu])          # upper triangle sent as is
+        assert np.abs(raw.astype(int) - q.astype(int)).max() <= 1   # lower: float symmetry
+        assert (L["lo"], L["hi"]) == (lo, hi)
+        raw = raw.ravel()
         # row of query (image 2, cell 17): its own cell decodes to ~1
         v = raw[(2 * P + 17) * n * P + 2 * P + 17]
         assert lo + v * (hi - lo) / 255 == pytest.approx(1.0, abs=(hi - lo) / 255)

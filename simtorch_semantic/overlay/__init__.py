@@ -10,8 +10,8 @@ patch's representation changes under rotation or scaling.
 >>> ov.save_png("query.png", query=(0, 5, 7))
 """
 from .grouping import NMFResult, factor_colors, factor_rgb, nmf_factors
-from .maps import (flatten_positions, map_index, pool_activations, quantize_maps,
-                   similarity_maps, similarity_matrix)
+from .maps import (flatten_positions, map_index, pack_upper, pool_activations, quantize_maps,
+                   similarity_maps, similarity_matrix, unpack_upper)
 from .plots import plot_nmf, plot_overlay_query, plot_sensitivity
 from .transforms import (Sensitivity, index_maps, sensitivity_from_activations, transform_images,
                          transform_index, transform_points, transform_sensitivity)
@@ -20,7 +20,7 @@ from .widget import SimilarityOverlay
 __all__ = [
     "SimilarityOverlay",
     "similarity_maps", "similarity_matrix", "flatten_positions", "pool_activations",
-    "quantize_maps", "map_index",
+    "quantize_maps", "pack_upper", "unpack_upper", "map_index",
     "nmf_factors", "NMFResult", "factor_colors", "factor_rgb",
     "transform_points", "transform_index", "index_maps", "transform_images",
     "sensitivity_from_activations", "transform_sensitivity", "Sensitivity",

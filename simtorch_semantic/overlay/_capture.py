@@ -26,6 +26,36 @@ def as_similarity_model(model, layers, device="cpu") -> SimilarityModel:
     return SimilarityModel(model, layers_to_include=layers, device=device)
 
 
+class _StopForward(Exception):
+    """Raised from the last needed hook to skip the rest of the forward pass."""
+
+
+def _capture_chunk(sm: SimilarityModel, chunk: torch.Tensor) -> dict:
+    """One ``sm.capture`` that stops the forward pass once every selected layer has fired.
+
+    The layers after the last selected one are never computed (a reduce callback keeps its own
+    copy of each output and raises :class:`_StopForward` when none is left); the hooks and the
+    train/eval flags are restored by ``capture``'s ``finally``.
+    """
+    store: dict = {}
+    remaining = set(sm.layers)
+
+    def keep(name, tensor):
+        store[name] = tensor.clone()
+        remaining.discard(name)
+        if not remaining:
+            raise _StopForward
+        return None
+
+    try:
+        sm.capture(chunk, reduce=keep)
+    except _StopForward:
+        pass
+    if remaining:           # a selected layer did not run: let capture raise its clear error
+        return sm.capture(chunk)
+    return {name: store[name] for name in sm.layers}
+
+
 def capture_spatial(sm: SimilarityModel, x: torch.Tensor, max_side=None, batch_size: int = 32,
                     progress: bool = False) -> dict:
     """Outputs ``{layer: [N, C, H, W]}`` (float32 at least, on the model's device).
@@ -36,7 +66,7 @@ def capture_spatial(sm: SimilarityModel, x: torch.Tensor, max_side=None, batch_s
     chunks = list(torch.split(x, batch_size))
     out: dict[str, list] = {}
     for chunk in tqdm(chunks, desc="capture", disable=not progress or len(chunks) < 2):
-        feats = sm.capture(chunk)
+        feats = _capture_chunk(sm, chunk)
         for name, a in feats.items():
             if not isinstance(a, torch.Tensor) or a.dim() != 4:
                 shape = tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__

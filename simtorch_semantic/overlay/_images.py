@@ -110,11 +110,12 @@ def prepare_images(images, transform=None, size: int = 224):
                         f"{float(img.max()):.3g}], but the default transform expects RGB in "
                         "[0, 1]; pass transform= for tensors that are already normalised "
                         "(e.g. transform=lambda t: t)")
-                t = img
-            else:
-                t = TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True)
-            t = TF.resize(t, [int(size)], antialias=True)
-            t = TF.center_crop(t, [int(size), int(size)]).clamp(0.0, 1.0)
+                t = TF.resize(img, [int(size)], antialias=True)
+                t = TF.center_crop(t, [int(size), int(size)]).clamp(0.0, 1.0)
+            else:   # resize the PIL image first (cheaper than resizing a float tensor)
+                t = TF.center_crop(TF.resize(img, [int(size)], antialias=True),
+                                   [int(size), int(size)])
+                t = TF.to_dtype(TF.pil_to_tensor(t), torch.float32, scale=True)
             disps.append(t)
             xs.append(TF.normalize(t, list(IMAGENET_MEAN), list(IMAGENET_STD)))
         else:

@@ -13,7 +13,8 @@ over queries. The result is symmetric: ``S[a, q, b, p] = S[b, p, a, q]``.
 
 To send the maps to a browser once, :func:`quantize_maps` turns them into ``uint8`` bytes laid
 out row by row: query ``(a, q)`` is row ``a * P + q`` and its ``N`` maps follow each other
-(``N * P`` bytes). That flat byte array is the "sprite" the front end slices on hover.
+(``N * P`` bytes). As the matrix is symmetric, :func:`pack_upper` keeps only its upper triangle
+(half the bytes); that flat array is the "sprite" the front end slices on hover.
 """
 from __future__ import annotations
 
@@ -156,16 +157,42 @@ def quantize_maps(maps, lo: float | None = None, hi: float | None = None):
     ``maps``: ``[N, P, N, P]`` (or any shape). Returns ``(q, lo, hi)`` with ``q`` a flat
     ``uint8`` array in C order and ``q = round(255 * (clip(S, lo, hi) - lo) / (hi - lo))``;
     ``lo``/``hi`` default to the minimum and maximum of ``maps``. Decode with
-    ``S ~ lo + q * (hi - lo) / 255`` (error at most ``(hi - lo) / 510``).
+    ``S ~ lo + q * (hi - lo) / 255`` (error at most ``(hi - lo) / 510``). Works in the input's
+    floating precision (float32 suffices for 8 bits).
     """
     t = maps if isinstance(maps, torch.Tensor) else torch.as_tensor(np.asarray(maps))
-    t = t.to(torch.float64)
+    if t.dtype not in (torch.float32, torch.float64):
+        t = t.to(torch.float32)
     lo = float(t.min()) if lo is None else float(lo)
     hi = float(t.max()) if hi is None else float(hi)
     if not hi > lo:
         hi = lo + 1.0
-    q = ((t.clamp(lo, hi) - lo) * (255.0 / (hi - lo))).round_().to(torch.uint8)
+    q = torch.sub(t, lo).mul_(255.0 / (hi - lo)).round_().clamp_(0.0, 255.0).to(torch.uint8)
     return q.reshape(-1).cpu().numpy(), lo, hi
+
+
+def pack_upper(q: np.ndarray, m: int) -> np.ndarray:
+    """Upper triangle (diagonal included) of a symmetric ``[m, m]`` array, row by row.
+
+    The maps are symmetric (``S[r, c] = S[c, r]`` with ``r = a * P + q``), so the front end
+    needs only ``m (m + 1) / 2`` values; entry ``(r, c)``, ``r <= c``, sits at
+    ``r * m - r * (r - 1) / 2 + (c - r)``. Returns a flat array of that length.
+    """
+    q = np.asarray(q).reshape(m, m)
+    return q[np.triu(np.ones((m, m), dtype=bool))]
+
+
+def unpack_upper(packed: np.ndarray, m: int) -> np.ndarray:
+    """Inverse of :func:`pack_upper`: the full symmetric ``[m, m]`` array."""
+    packed = np.asarray(packed)
+    if packed.size != m * (m + 1) // 2:
+        raise ValueError(f"packed has {packed.size} values, expected m (m + 1) / 2 = "
+                         f"{m * (m + 1) // 2} for m = {m}")
+    out = np.empty((m, m), dtype=packed.dtype)
+    mask = np.triu(np.ones((m, m), dtype=bool))
+    out[mask] = packed
+    out.T[mask] = packed
+    return out
 
 
 def map_index(i: int, j: int, src_hw: tuple, dst_hw: tuple) -> tuple:

@@ -2,7 +2,8 @@
 
 Fong, Mordvintsev, Vedaldi and Olah, "Interactive Similarity Overlays", VISxAI 2021. For every
 selected layer the maps ``S[a, q, b, p]`` (:func:`~simtorch_semantic.overlay.maps.similarity_maps`)
-are computed once, quantised to ``uint8``, deflate-compressed and base64-encoded ("sprites"), and
+are computed once, quantised to ``uint8``, reduced to the upper triangle of the symmetric matrix
+and base64-encoded ("sprites"; deflate would save only about 20 % on these noisy maps), and
 sent to the browser together with the pictures and colour-map tables. Hovering a patch is handled
 entirely in JavaScript (``overlay/static/overlay.js``, shared by the anywidget widget and the
 HTML export): the script slices the row of the hovered query out of the sprite and paints every
@@ -15,7 +16,6 @@ import io
 import json
 import os
 import tempfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ import torch
 from ._capture import as_similarity_model, capture_spatial
 from ._images import prepare_images, to_uint8_hwc
 from .grouping import NMFResult, nmf_factors
-from .maps import map_index, quantize_maps, similarity_maps
+from .maps import map_index, pack_upper, quantize_maps, similarity_maps
 from .transforms import (Sensitivity, _check_kind, _check_values, sensitivity_from_activations,
                          transform_images)
 
@@ -228,7 +228,7 @@ class SimilarityOverlay:
 
     # ------------------------------------------------------------------ front end data
     def payload(self) -> dict:
-        """Everything the front end needs, JSON-serialisable (sprites base64, deflate)."""
+        """Everything the front end needs, JSON-serialisable (uint8 sprites, base64)."""
         if self._payload_cache is not None:
             return self._payload_cache
         images = [{"name": nm, "src": _png_data_url(to_uint8_hwc(d))}
@@ -237,8 +237,10 @@ class SimilarityOverlay:
         for name in self.layers:
             q, lo, hi = quantize_maps(self.maps[name])
             h, w = self._grid(name)
-            entry = {"name": name, "h": h, "w": w, "lo": lo, "hi": hi,
-                     "sprite": _b64(zlib.compress(q.tobytes(), 1)), "nmf": None}
+            m = len(self.names) * h * w
+            sprite = pack_upper(q, m)
+            entry = {"name": name, "h": h, "w": w, "lo": lo, "hi": hi, "layout": "upper",
+                     "sprite": _b64(sprite.tobytes()), "nmf": None}
             if name in self.nmf:
                 rgb = (self.nmf[name].rgb() * 255).round().astype(np.uint8)
                 entry["nmf"] = _b64(rgb.tobytes())

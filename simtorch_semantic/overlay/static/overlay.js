@@ -1,12 +1,13 @@
 // Interactive similarity overlays (Fong, Mordvintsev, Vedaldi, Olah; VISxAI 2021).
 // One script for both front ends: the Jupyter widget (anywidget ESM, `export default {render}`)
 // and the standalone HTML export (which builds a local model with makeLocalModel and calls
-// render). All similarity maps arrive once as deflate-compressed uint8 "sprites"; hovering only
-// slices the hovered query's row out of them and paints canvases; nothing calls back to Python.
+// render). All similarity maps arrive once as base64 uint8 "sprites"; hovering only slices the
+// hovered query's row out of them and paints canvases; nothing calls back to Python.
 //
-// Sprite layout per layer (N images, P = h * w cells): byte [(a * P + q) * N * P + b * P + p]
-// holds the quantised similarity of query cell q of image a to cell p of image b;
-// value = lo + byte * (hi - lo) / 255.
+// Sprite layout per layer (N images, P = h * w cells, M = N * P rows): the maps form a symmetric
+// M x M matrix whose entry (r, c), r = a * P + q, c = b * P + p, is the quantised similarity of
+// cell q of image a to cell p of image b (value = lo + byte * (hi - lo) / 255). Only its upper
+// triangle is sent, row by row: entry (r, c), r <= c, is byte r * M - r * (r - 1) / 2 + (c - r).
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 const LAYER_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
@@ -16,14 +17,6 @@ function b64bytes(text) {
   const out = new Uint8Array(bin.length);
   for (let k = 0; k < bin.length; k++) out[k] = bin.charCodeAt(k);
   return out;
-}
-
-async function inflate(bytes) {
-  if (typeof DecompressionStream === "undefined") {
-    throw new Error("this browser lacks DecompressionStream; use a current Chrome, Firefox or Safari");
-  }
-  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
-  return new Uint8Array(await new Response(stream).arrayBuffer());
 }
 
 function el_(tag, attrs, ...children) {
@@ -58,6 +51,15 @@ function makeLocalModel(initial) {
   };
 }
 
+// Row r of the symmetric M x M matrix stored as its packed upper triangle.
+function symmetricRow(packed, M, r) {
+  const row = new Uint8Array(M);
+  for (let c = 0; c < r; c++) row[c] = packed[c * M - (c * (c - 1)) / 2 + (r - c)];
+  const start = r * M - (r * (r - 1)) / 2;
+  row.set(packed.subarray(start, start + M - r), r);
+  return row;
+}
+
 // Cell of an h x w grid under the fractional position (fy, fx) in [0, 1).
 function cellAt(fy, fx, h, w) {
   return [Math.min(h - 1, Math.max(0, Math.floor(fy * h))),
@@ -78,11 +80,11 @@ async function render({ model, el }) {
   const data = JSON.parse(model.get("data"));
   const N = data.images.length;
   const cell = data.cell || 160;
-  const layers = await Promise.all(data.layers.map(async (L) => ({
+  const layers = data.layers.map((L) => ({
     name: L.name, h: L.h, w: L.w, lo: L.lo, hi: L.hi,
-    maps: await inflate(b64bytes(L.sprite)),
+    maps: b64bytes(L.sprite),
     nmf: L.nmf ? b64bytes(L.nmf) : null,
-  })));
+  }));
   const luts = {};
   for (const [name, text] of Object.entries(data.colormaps)) luts[name] = b64bytes(text);
   const sens = data.sensitivity;
@@ -282,14 +284,15 @@ async function render({ model, el }) {
       if (!visible || !query) return;
       const [i, j] = cellAt(query.fy, query.fx, L.h, L.w);
       const P = L.h * L.w;
-      const base = ((query.n * P) + i * L.w + j) * N * P;
+      const r = query.n * P + i * L.w + j;
+      const row = symmetricRow(L.maps, N * P, r);
       for (let b = 0; b < N; b++) {
         const cv = R.cells[b].canvas;
         const ctx = cv.getContext("2d");
         const image = ctx.createImageData(L.w, L.h);
-        const off = base + b * P;
+        const off = b * P;
         for (let p = 0; p < P; p++) {
-          const v = 3 * L.maps[off + p];
+          const v = 3 * row[off + p];
           image.data[4 * p] = lut[v];
           image.data[4 * p + 1] = lut[v + 1];
           image.data[4 * p + 2] = lut[v + 2];
@@ -322,7 +325,7 @@ async function render({ model, el }) {
           delete c.marker.dataset.j;
         });
       }
-      const self = L.lo + L.maps[base + query.n * P + i * L.w + j] * (L.hi - L.lo) / 255;
+      const self = L.lo + row[r] * (L.hi - L.lo) / 255;
       R.row.dataset.query = `${query.n},${i},${j}`;
       R.row.dataset.self = self.toFixed(3);
     });
