@@ -14,18 +14,37 @@ Solvers (``SOLVERS``):
 ``"exact"``
     The optimum, by :func:`scipy.optimize.linear_sum_assignment` (shortest augmenting paths,
     about ``O(S^3)``); a batch runs in a thread pool because scipy releases the GIL.
+``"auction"`` (options ``rel_tol`` = 1e-3, ``theta`` = 0.2, ``eps0`` = 0.02, ``max_phases`` = 20)
+    Bertsekas' forward auction with epsilon scaling, vectorised over the batch (Jacobi rounds of
+    at most ~2^20 scanned affinities, a Gauss-Seidel finish when few persons are left, bids on a
+    float32 copy). Guarantee: after each scaling phase the duality gap
+    ``D - J`` (``D = sum_i max_j (A_ij - p_j) + sum_j p_j``, an upper bound of the optimum for any
+    prices ``p``) is computed in float64, and the solver stops when ``D - J <= rel_tol * |J|``:
+    the returned objective is certified within ``rel_tol * |J|`` of the optimum (at most
+    ``S * eps`` below it at the last phase's ``eps``, in any case). On ReLU affinities with
+    S = 3136 it reaches 0.9999 of the optimum in a few percent of the exact solver's time; for
+    S below ~300 the exact solver is as fast (benchmarks/RESULTS_matching.md).
 ``"batch_optimal"`` (option ``k``, default 256)
     The Batch-Optimal approximation of Wald et al., "Decoupling Semantic Similarity from Spatial
     Alignment for Neural Networks" (NeurIPS 2024): rows are sorted by the norm of sample A's
-    vectors and columns by the norm of sample B's vectors, and exact assignments are solved on
-    the aligned ``k x k`` diagonal blocks of the sorted order.
+    vectors and columns by the norm of sample B's vectors (``row_norms``/``col_norms``; without
+    them the affinity's row and column maxima, which for ``A = V_i V_j^T`` grow with the norms
+    and in our benchmark give better blocks than the norms themselves), and exact assignments
+    are solved on the aligned ``k x k`` diagonal blocks of the sorted order. No guarantee;
+    ``k >= S`` is exact.
 ``"greedy"``
-    Rows, in decreasing order of their best affinity, each take their best still-free column.
+    Rows, in decreasing order of their best affinity, each take their best still-free column
+    (``O(S^2)`` per matrix, vectorised over the batch). No guarantee (it can be far from the
+    optimum on adversarial matrices); 0.97-0.99 of the optimum on ReLU affinities.
+
+Costs: ``exact`` ~ ``O(S^3)`` (27 s at S = 3136 on one core; :func:`estimate_exact_seconds`,
+:func:`check_exact_feasible`), the others ~ ``O(S^2)`` per round or block.
 """
 from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -210,6 +229,8 @@ def _solve_greedy(a):
     return perm
 
 
+_GS_BIDDERS = 128  # fewer unassigned persons than this: finish the phase bid by bid
+_ROUND_ELEMS = 1 << 20  # at most this many affinities scanned per Jacobi round (>= 64 bidders)
 _CHUNK_ELEMS = 1 << 22  # bidders per block in the auction's row scans: chunk x S <= 4M floats
 
 
@@ -249,7 +270,46 @@ def _top2(flat, rows, brows, prices, S):
     return j1, w1, w2
 
 
-def _solve_auction(a, rel_tol=1e-3, theta=0.2, eps0=0.02, max_phases=20):
+def _row_max_net(m, p, buf):
+    """``max_j (m[i, j] - p[j])`` for every row of ``m`` ``[S, S]`` in float64, in row blocks
+    that reuse ``buf`` (no ``S x S`` temporary)."""
+    S = m.shape[0]
+    out = np.empty(S)
+    step = buf.shape[0]
+    for lo in range(0, S, step):
+        hi = min(S, lo + step)
+        blk = buf[:hi - lo]
+        np.subtract(m[lo:hi], p, out=blk)
+        blk.max(axis=1, out=out[lo:hi])
+    return out
+
+
+def _gauss_seidel_tail(U, flat, prices, eps, assign, owner, S):
+    """Finish an auction phase bidder by bidder (Gauss-Seidel) from the unassigned persons ``U``.
+
+    When few persons are unassigned, a vectorised Jacobi round costs mostly fixed overhead; one
+    bid at a time (a queue of displaced persons) is cheaper and sees every price update at once.
+    """
+    queue = deque(int(g) for g in U)
+    while queue:
+        g = queue.pop()
+        b, i = divmod(g, S)
+        pb = prices[b]
+        row = flat[g] - pb
+        j = int(row.argmax())
+        w1 = row[j]
+        row[j] = -np.inf
+        pb[j] += (w1 - row.max()) + eps[b]
+        go = b * S + j
+        prev = int(owner[go])
+        owner[go] = i
+        assign[g] = j
+        if prev >= 0:
+            assign[b * S + prev] = -1
+            queue.append(b * S + prev)
+
+
+def _solve_auction(a, rel_tol=1e-3, theta=0.2, eps0=0.02, max_phases=20, gs_bidders=_GS_BIDDERS):
     """Forward auction with epsilon scaling (Bertsekas 1988), Jacobi bidding vectorised over the batch.
 
     Persons are rows, objects columns. Each round every unassigned person ``i`` bids for its best
@@ -294,6 +354,8 @@ def _solve_auction(a, rel_tol=1e-3, theta=0.2, eps0=0.02, max_phases=20):
     best = np.zeros((B, S), dtype=np.int64)
     best_obj = np.full(B, -np.inf)
     ar = np.arange(S)
+    buf = np.empty((max(1, min(S, _CHUNK_ELEMS // (8 * S))), S))
+    max_bidders = max(64, _ROUND_ELEMS // S)
 
     for _ in range(max_phases):
         pact = np.repeat(active, S)
@@ -302,6 +364,11 @@ def _solve_auction(a, rel_tol=1e-3, theta=0.2, eps0=0.02, max_phases=20):
             U = np.flatnonzero((assign < 0) & pact)
             if U.size == 0:
                 break
+            if U.size <= gs_bidders:
+                _gauss_seidel_tail(U, flat, prices, eps, assign, owner, S)
+                break
+            if U.size > max_bidders:  # block Gauss-Seidel: later blocks see the new prices
+                U = U[:max_bidders]
             bU = U // S
             j1, w1, w2 = _top2(flat, U, bU, prices, S)
             gobj = bU * S + j1
@@ -322,9 +389,8 @@ def _solve_auction(a, rel_tol=1e-3, theta=0.2, eps0=0.02, max_phases=20):
         # phase end: certificate, best so far, and the next phase's unassignments
         for b in np.flatnonzero(active):
             asg = assign[b * S:(b + 1) * S]
-            net = a[b] - prices[b]
-            rowmax = net.max(axis=1)
-            own = net[ar, asg]
+            rowmax = _row_max_net(a[b], prices[b], buf)
+            own = a[b][ar, asg] - prices[b][asg]
             obj = float(a[b][ar, asg].sum())
             gap = float(rowmax.sum() + prices[b].sum() - obj)
             if obj > best_obj[b]:
@@ -416,11 +482,12 @@ def assignment_objective(affinity, perm):
 
 
 # Calibration of the exact solver's time (scipy.optimize.linear_sum_assignment on ReLU
-# inner-product affinities of a random-init ResNet-18 on photographs, one thread, 2-core CPU):
-# measured 0.016 s at S = 196, 1.0 s at S = 784 and 70 s at S = 3136, i.e. t(S) ~= 2.2e-9 S^3.
-# (Random Gaussian matrices are several times faster; structured ReLU affinities are the slow case.)
-_EXACT_C3 = 2.2e-9
-_EXACT_C2 = 1.0e-8
+# inner-product affinities of a random-init ResNet-18 on photographs, one thread; CPU time on a
+# 2-core AMD EPYC, see benchmarks/RESULTS_matching.md): about 0.3 s at S = 784 and 27 s at
+# S = 3136, i.e. t(S) ~= 9e-10 S^3. Random Gaussian matrices are several times faster;
+# structured ReLU affinities (every row prefers the same high-norm columns) are the slow case.
+_EXACT_C3 = 9.0e-10
+_EXACT_C2 = 5.0e-8
 
 
 def estimate_exact_seconds(S, B=1, n_workers=None):
