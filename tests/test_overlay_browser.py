@@ -180,3 +180,44 @@ def test_sensitivity_chart_follows_hover(page, tmp_path):
     assert q2 == q
     page.screenshot(path=str(tmp_path / "rot.png"), full_page=True)
     assert page.errors == []
+
+
+def test_widget_esm_module_renders_with_an_anywidget_style_model(page, overlay, tmp_path):
+    """The file anywidget loads (static/overlay.js as an ES module) renders and reacts to hover
+    and to model changes sent from Python (change:cmap), with a Backbone-like model object."""
+    from simtorch_semantic.overlay.widget import STATIC
+
+    widget = overlay.show()
+    js = (STATIC / "overlay.js").read_text(encoding="utf-8")
+    blank = tmp_path / "blank.html"
+    blank.write_text("<!DOCTYPE html><html><head><style>"
+                     + (STATIC / "overlay.css").read_text(encoding="utf-8")
+                     + "</style></head><body><div id='w'></div></body></html>")
+    page.goto(blank.as_uri())
+    page.evaluate("""async ([js, state]) => {
+      const url = URL.createObjectURL(new Blob([js], {type: 'text/javascript'}));
+      const mod = await import(url);
+      const values = Object.assign({}, state), handlers = {};
+      window.__model = {
+        get: (k) => values[k],
+        set: (k, v) => { values[k] = v; (handlers['change:' + k] || []).forEach((f) => f()); },
+        on: (e, f) => { (handlers[e] = handlers[e] || []).push(f); },
+        off: () => {}, save_changes: () => { window.__saved = (window.__saved || 0) + 1; },
+      };
+      await mod.default.render({model: window.__model, el: document.getElementById('w')});
+    }""", [js, {"data": widget.data, "alpha": widget.alpha, "cmap": widget.cmap,
+                "layers_on": list(widget.layers_on), "show_nmf": widget.show_nmf}])
+    page.wait_for_selector(".sto-root[data-ready=true]")
+    _hover(page, "1", 1, 20, 4, 24, 24)
+    q, _, px = _canvas_rgb(page, "1", 0)
+    assert q == "1,20,4"
+    np.testing.assert_array_equal(px[:, :3], _expected(overlay, "1", 1, 20, 4, "viridis")[0])
+    page.evaluate("() => window.__model.set('cmap', 'magma')")       # as if sent from Python
+    _, _, px = _canvas_rgb(page, "1", 0)
+    np.testing.assert_array_equal(px[:, :3], _expected(overlay, "1", 1, 20, 4, "magma")[0])
+    assert page.evaluate("() => document.querySelector('select.sto-cmap').value") == "magma"
+    page.fill("input.sto-alpha", "0.5")
+    page.dispatch_event("input.sto-alpha", "input")
+    assert page.evaluate("() => window.__model.get('alpha')") == pytest.approx(0.5)
+    assert page.evaluate("() => window.__saved") >= 1                # synced back to Python
+    assert page.errors == []

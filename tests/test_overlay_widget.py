@@ -129,6 +129,10 @@ def test_image_inputs_paths_tensors_arrays(tmp_path, photos):
     # a custom transform that keeps tensors as they are
     ov3 = SimilarityOverlay(tiny_net(), batch, ["3"], transform=lambda z: z, nmf_k=0)
     assert ov3._grid("3") == (10, 10)
+    # non-square pictures keep their aspect ratio in the front end
+    wide = SimilarityOverlay(tiny_net(), torch.rand(2, 3, 16, 32), ["3"], transform=lambda z: z,
+                             nmf_k=0, progress=False)
+    assert wide._grid("3") == (4, 8) and wide.payload()["aspect"] == pytest.approx(0.5)
 
 
 def test_max_side_pools_large_layers(photos):

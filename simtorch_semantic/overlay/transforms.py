@@ -215,7 +215,7 @@ def sensitivity_from_activations(ref, transformed, kind: str, values, layer: str
     fwd, inv = index_maps((h, w), kind, vals)
     zr = ref.reshape(c, h * w).T                                  # [P, C]
     zt = transformed.reshape(len(vals), c, h * w).transpose(1, 2)  # [T, P, C]
-    idx = torch.from_numpy(np.where(fwd >= 0, fwd, 0))             # [T, P]
+    idx = torch.from_numpy(np.where(fwd >= 0, fwd, 0)).to(zt.device)  # [T, P]
     gathered = torch.gather(zt, 1, idx[..., None].expand(-1, -1, c))  # [T, P, C]
     t = len(vals)
     sims = _rowwise(zr.repeat(t, 1), gathered.reshape(t * h * w, c), similarity, sigma)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ._capture import as_similarity_model, capture_spatial
 from ._images import prepare_images, to_uint8_hwc
@@ -84,7 +85,7 @@ class SimilarityOverlay:
         cmap, alpha: initial colour map and overlay opacity of the widget.
         cell: displayed size of each image in pixels.
         names: one label per image (default: file names, or "image k").
-        progress: show a tqdm bar while capturing in chunks.
+        progress: tqdm bars over capture chunks, layers and NMF (``False`` turns them off).
 
     Attributes:
         layers (list[str]), names (list[str]), images (display pictures ``[N, 3, S, S]`` in
@@ -96,7 +97,7 @@ class SimilarityOverlay:
     def __init__(self, model, images, layers, transform=None, device="cpu", similarity="cosine",
                  *, size: int = 224, max_side: int | None = 32, nmf_k: int | None = 4,
                  cmap: str = "viridis", alpha: float = 0.7, cell: int = 160,
-                 names=None, progress: bool = False):
+                 names=None, progress: bool = True):
         self._configure(model, layers, device, similarity, max_side, nmf_k, cmap, alpha, cell,
                         progress)
         x, display, auto_names = prepare_images(images, transform, size)
@@ -142,10 +143,13 @@ class SimilarityOverlay:
         acts = capture_spatial(self.sim_model, x, max_side=self.max_side, progress=self.progress)
         self.layers = list(acts)
         self.activations = {k: v.detach().cpu() for k, v in acts.items()}
-        self.maps = {k: similarity_maps(v, self.similarity).float().cpu() for k, v in acts.items()}
+        self.maps = {}
+        for k in tqdm(self.layers, desc="similarity maps", disable=not self.progress):
+            self.maps[k] = similarity_maps(acts[k], self.similarity).float().cpu()
         self.nmf = {}
         if self.nmf_k:
-            for k, v in self.activations.items():
+            for k in tqdm(self.layers, desc="NMF", disable=not self.progress):
+                v = self.activations[k]
                 kk = min(self.nmf_k, v.shape[1], v.shape[0] * v.shape[2] * v.shape[3])
                 self.nmf[k] = nmf_factors(v, k=kk, layer=k)
 
@@ -170,7 +174,7 @@ class SimilarityOverlay:
         self._configure(model, layers, device, similarity, kwargs.pop("max_side", 32),
                         kwargs.pop("nmf_k", 4), kwargs.pop("cmap", "viridis"),
                         kwargs.pop("alpha", 0.7), kwargs.pop("cell", 160),
-                        kwargs.pop("progress", False))
+                        kwargs.pop("progress", True))
         if kwargs:
             raise TypeError(f"from_transform() got unexpected arguments {sorted(kwargs)}")
         x, display, _ = prepare_images([image] if not isinstance(image, list) else image,
@@ -263,6 +267,7 @@ class SimilarityOverlay:
             self.similarity, "__name__", "custom")
         self._payload_cache = {
             "version": 1, "similarity": sim, "cell": self.cell,
+            "aspect": float(self.images.shape[-2]) / float(self.images.shape[-1]),
             "model": self.sim_model.model_name, "images": images, "layers": layers,
             "colormaps": {c: _b64(_lut(c)) for c in dict.fromkeys((self.cmap,) + COLORMAPS)},
             "nmf": nmf, "sensitivity": sens,

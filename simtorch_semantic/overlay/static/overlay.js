@@ -93,6 +93,7 @@ async function render({ model, el }) {
 
   const root = el_("div", { class: "sto-root" });
   root.style.setProperty("--sto-cell", cell + "px");
+  root.style.setProperty("--sto-cell-h", Math.round(cell * (data.aspect || 1)) + "px");
   el.replaceChildren(root);
 
   // ---------------------------------------------------------------- controls
