@@ -329,3 +329,12 @@ def test_rbf_pair_needs_sigma():
     with pytest.raises(ValueError, match="sigma must be a positive"):
         perm_inv_semantic_sim(v, v, "rbf", sigma=-1.0)
     assert perm_inv_semantic_sim(v, v, "rbf", sigma=1.0) == 1.0
+
+
+def test_torch_thread_setting_restored():
+    before = torch.get_num_threads()
+    semantic_sim_parallel(relu_feats(4, 3, 5), n_workers=2, progress=False)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError):
+        semantic_sim_parallel(relu_feats(4, 3, 5), matching="batch_optimal", k=0, progress=False)
+    assert torch.get_num_threads() == before

@@ -268,7 +268,7 @@ def _kernels_from_ip(ip, nx2, ny2, kernels, symmetric, sigma=None):
 
 def _aligned_ip64(x64, y64, perm):
     """float64 ``sum_s <x[b, s], y[b, perm[b, s]]>`` for x64, y64 ``[B, S, C]``, perm ``[B, S]``."""
-    yp = np.take_along_axis(y64, perm[:, :, None], axis=1)
+    yp = y64[np.arange(perm.shape[0])[:, None], perm]  # [B, S, C], index arrays of size B*S
     return np.einsum("bsc,bsc->b", x64, yp)
 
 
@@ -392,20 +392,32 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
         check_exact_feasible(S, P, n_workers=n_workers)
     workers = _n_workers(n_workers)
     itemsize = torch.empty((), dtype=dt).element_size()
-    chunk = int(max(1, min(P, _CHUNK_BYTES // (S * S * itemsize))))
-    task = max(1, min(_TASK_PAIRS, -(-chunk // workers)))
+    pair_bytes = S * S * itemsize
+    on_cpu = xa.device.type == "cpu"
+    # CPU: every worker thread forms its own pairs' affinities (single-threaded torch.bmm) and
+    # solves them, so exactly `workers` threads compute and no BLAS pool competes with the
+    # solvers. Other devices: one bmm per chunk on the device, solved by the threads.
+    task = int(max(1, min(_TASK_PAIRS, _CHUNK_BYTES // (pair_bytes * workers))))
+    chunk = task if on_cpu else int(max(task, min(P, _CHUNK_BYTES // pair_bytes)))
 
-    def solve(lo, hi, aff):
+    def affinity(lo, hi):
+        ii = torch.from_numpy(I[lo:hi]).to(xa.device)
+        jj = torch.from_numpy(J[lo:hi]).to(xa.device)
+        return torch.bmm(xa[ii], ya[jj].transpose(1, 2)).cpu().numpy()
+
+    def solve(lo, hi, aff=None):
+        if aff is None:
+            aff = affinity(lo, hi)
         ii, jj = I[lo:hi], J[lo:hi]
         opts = _solver_options(matching, options,
                                None if rn is None else rn[ii], None if cn is None else cn[jj])
         perm = np.asarray(solve_assignment(aff, matching, **opts), dtype=np.int64)
-        vals = _aligned_ip64(x64[ii], y64[jj], perm)
+        vals = np.einsum("bsc,bsc->b", x64[ii], y64[jj[:, None], perm])  # float64, aligned
         return lo, hi, vals
 
     bar = tqdm(total=P, desc=desc, disable=not progress, leave=False)
     pending = deque()
-    max_pending = 2 * max(1, chunk // task) + workers
+    max_pending = 4 * workers + 2 * max(1, chunk // task)
 
     def drain(limit):
         while len(pending) > limit:
@@ -413,19 +425,23 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
             ip[I[lo:hi], J[lo:hi]] = vals
             bar.update(hi - lo)
 
+    torch_threads = torch.get_num_threads()
     try:
+        if on_cpu:
+            torch.set_num_threads(1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for c0 in range(0, P, chunk):
                 c1 = min(P, c0 + chunk)
-                ii = torch.from_numpy(I[c0:c1]).to(xa.device)
-                jj = torch.from_numpy(J[c0:c1]).to(xa.device)
-                aff = torch.bmm(xa[ii], ya[jj].transpose(1, 2)).cpu().numpy()
+                aff = None if on_cpu else affinity(c0, c1)
                 for t0 in range(c0, c1, task):
                     t1 = min(c1, t0 + task)
-                    pending.append(pool.submit(solve, t0, t1, aff[t0 - c0:t1 - c0]))
+                    sub = None if aff is None else aff[t0 - c0:t1 - c0]
+                    pending.append(pool.submit(solve, t0, t1, sub))
                 drain(max_pending)
             drain(0)
     finally:
+        if on_cpu:
+            torch.set_num_threads(torch_threads)
         bar.close()
     if symmetric:
         ip = np.triu(ip) + np.triu(ip, 1).T
@@ -436,9 +452,12 @@ def semantic_sim_parallel(x, y=None, kernel="ip", matching="exact", n_workers=No
                           layout="ncs", progress=True, sigma=None, **matching_options):
     """Semantic (permutation-invariant) RSM between two sets of samples.
 
-    Every pair's affinity ``A = V_i W_j^T`` is computed in chunks with one ``torch.bmm`` (on the
-    input's device); the assignments are solved in a pool of ``n_workers`` threads (scipy's
-    solver releases the GIL); similarities are recomputed in float64 from the permutations.
+    Every pair's affinity ``A = V_i W_j^T`` is computed with batched ``torch.bmm`` over chunks of
+    pairs and the assignments are solved in a pool of ``n_workers`` threads (scipy's solver
+    releases the GIL); similarities are recomputed in float64 from the permutations. On the CPU
+    each thread forms the affinities of its own chunk (torch's intra-op threads are set to 1 for
+    the duration of the call, then restored, so the threads do not oversubscribe the cores); on
+    another device one ``bmm`` per chunk runs there and the threads solve.
 
     Args:
         x: ``[N, C, S]`` (default ``layout="ncs"``; ``[N, C, H, W]`` is flattened to
