@@ -244,6 +244,15 @@ def test_upper_triangle_helper():
     np.testing.assert_array_equal(upper_triangle(R).numpy(), ref_upper(R))
 
 
+def test_ranks_match_scipy_with_ties():
+    from scipy.stats import rankdata
+
+    from simtorch_semantic.functional.rsa import _ranks
+
+    V = np.random.default_rng(0).integers(0, 6, size=(3, 200)).astype(float)
+    np.testing.assert_array_equal(_ranks(torch.from_numpy(V)).numpy(), rankdata(V, axis=1))
+
+
 # ----------------------------------------------------------------- bad input
 def test_constant_patterns_under_pearson_give_nan_and_warning():
     X, _ = data(n=10, d=6)

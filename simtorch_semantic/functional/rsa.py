@@ -228,9 +228,9 @@ def upper_triangle(R) -> torch.Tensor:
 
 
 def _upper(R: torch.Tensor) -> torch.Tensor:
+    """Row-major entries ``i < j`` as one vector (row slices: no ``n x n`` index or mask)."""
     n = R.shape[0]
-    iu = torch.triu_indices(n, n, offset=1, device=R.device)
-    return R[iu[0], iu[1]]
+    return torch.cat([R[i, i + 1:] for i in range(n - 1)])
 
 
 def _as_rdm(R, name: str) -> torch.Tensor:
@@ -273,12 +273,25 @@ def _rdm_vectors(Rs: Sequence[torch.Tensor], center: bool) -> torch.Tensor:
 
 
 def _ranks(V: torch.Tensor) -> torch.Tensor:
-    """Average ranks (ties share their mean rank) of each row of ``V`` ``[k, m]``, float64."""
-    from scipy.stats import rankdata
+    """Average ranks (1-based; ties share their mean rank) of each row of ``V`` ``[k, m]``, float64.
 
-    return torch.from_numpy(rankdata(V.cpu().numpy(), axis=1, method="average")).to(
-        device=V.device, dtype=torch.float64
-    )
+    A row holding NaN gets NaN ranks (its correlations are then NaN).
+    """
+    k, m = V.shape
+    out = torch.empty((k, m), dtype=torch.float64, device=V.device)
+    for r in range(k):
+        v = V[r]
+        if bool(torch.isnan(v).any()):
+            out[r] = float("nan")
+            continue
+        sv, order = torch.sort(v)
+        new = torch.ones(m, dtype=torch.bool, device=V.device)
+        new[1:] = sv[1:] != sv[:-1]
+        starts = torch.nonzero(new).flatten()
+        counts = torch.diff(starts, append=torch.tensor([m], device=V.device))
+        mean_rank = starts.to(torch.float64) + (counts.to(torch.float64) + 1.0) / 2.0
+        out[r, order] = mean_rank[torch.cumsum(new, 0) - 1]
+    return out
 
 
 def _unit_rows(V: torch.Tensor, center: bool) -> torch.Tensor:

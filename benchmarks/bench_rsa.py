@@ -1,0 +1,133 @@
+"""Speed and accuracy of RDMs, RDM comparison, Procrustes and CCA (issue 4).
+
+    python3 benchmarks/bench_rsa.py                 # everything (a few minutes on 2 cores)
+    python3 benchmarks/bench_rsa.py --part rdm|compare|procrustes_cca|accuracy [--scipy]
+
+rdm             rdm(X, metric) for X = 5000 x 2048 float32 random data, float64 and float32
+                computation, automatic and fixed chunk sizes; median of --repeats runs.
+                --scipy adds scipy.spatial.distance.pdist(X, "correlation") once for contrast.
+compare         compare_rdms on two 5000 x 5000 RDMs with every method, and center=True.
+procrustes_cca  procrustes_angular / cca / svcca / pwcca on 5000 x 2048 vs 5000 x 1024.
+accuracy        float32 vs float64 RDM error on data whose mean is 1000x its spread; centred
+                RSA vs linear CKA at n = 2000 (the identity, in float64).
+
+Prints one JSON object; numbers go to benchmarks/RESULTS_rsa.md by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from simtorch_semantic.functional.cca import cca, pwcca, svcca
+from simtorch_semantic.functional.cka import linear_cka
+from simtorch_semantic.functional.procrustes import procrustes_angular
+from simtorch_semantic.functional.rsa import compare_rdms, rdm
+
+
+def timed(fn, repeats=1):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+        del out
+    return round(statistics.median(times), 3)
+
+
+def data(n, d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g)
+
+
+def bench_rdm(repeats, with_scipy):
+    X = data(5000, 2048)
+    out = {}
+    for metric in ("pearson", "L2squared", "cosine"):
+        out[f"{metric}_float64_s"] = timed(lambda: rdm(X, metric), repeats)
+    out["pearson_float32_s"] = timed(lambda: rdm(X, "pearson", dtype=torch.float32), repeats)
+    for chunk in (5000, 1250, 500):
+        out[f"pearson_float64_chunk{chunk}_s"] = timed(lambda: rdm(X, "pearson", chunk_size=chunk), repeats)
+    if with_scipy:
+        from scipy.spatial.distance import pdist
+
+        out["scipy_pdist_correlation_s"] = timed(lambda: pdist(X.numpy().astype(np.float64), "correlation"))
+    return out
+
+
+def bench_compare(repeats):
+    X, Y = data(5000, 512, 1), data(5000, 512, 2)
+    Y = Y + X[:, :512]
+    A, B = rdm(X, "pearson"), rdm(Y, "pearson")
+    out = {}
+    for method in ("cosine", "pearson", "spearman"):
+        out[f"{method}_s"] = timed(lambda: compare_rdms(A, B, method), repeats)
+    out["kendall_s"] = timed(lambda: compare_rdms(A, B, "kendall"))
+    out["cosine_center_s"] = timed(lambda: compare_rdms(A, B, "cosine", center=True), repeats)
+    return out
+
+
+def bench_procrustes_cca(repeats):
+    X = data(5000, 2048, 3)
+    Y = X[:, :1024] @ data(1024, 1024, 4) / 32 + data(5000, 1024, 5)
+    return {
+        "procrustes_angular_s": timed(lambda: procrustes_angular(X, Y), repeats),
+        "cca_s": timed(lambda: cca(X, Y), repeats),
+        "svcca_s": timed(lambda: svcca(X, Y), repeats),
+        "pwcca_s": timed(lambda: pwcca(X, Y), repeats),
+    }
+
+
+def bench_accuracy():
+    g = torch.Generator().manual_seed(6)
+    X = 1000.0 + torch.randn(2000, 256, generator=g)  # mean 1000x the spread
+    Y = X[:, :128] @ torch.randn(128, 128, generator=g) / 12 + torch.randn(2000, 128, generator=g)
+    out = {}
+    for metric in ("L2squared", "pearson", "cosine"):
+        ref = rdm(X.double(), metric)
+        r32 = rdm(X.float(), metric, dtype=torch.float32).double()
+        scale = ref.abs().max()
+        out[f"{metric}_float32_max_rel_err"] = float(((r32 - ref).abs().max() / scale))
+    # naive float32 Gram trick without centring, for contrast (what the centring protects)
+    Xf = X.float()
+    G = Xf @ Xf.T
+    d = G.diagonal()
+    naive = (d[:, None] + d[None, :] - 2 * G).clamp_min(0).double()
+    ref = rdm(X.double(), "L2squared")
+    out["L2squared_float32_uncentred_max_rel_err"] = float((naive - ref).abs().max() / ref.abs().max())
+    value = compare_rdms(rdm(X, "L2squared"), rdm(Y, "L2squared"), "cosine", center=True)
+    out["centred_rsa_minus_linear_cka"] = abs(value - linear_cka(X.double(), Y.double()))
+    out["upper_triangle_pearson_rsa"] = compare_rdms(rdm(X, "L2squared"), rdm(Y, "L2squared"), "pearson")
+    out["linear_cka"] = linear_cka(X.double(), Y.double())
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["rdm", "compare", "procrustes_cca", "accuracy", "all"], default="all")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--scipy", action="store_true")
+    args = parser.parse_args()
+    result = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+              "torch": torch.__version__}
+    parts = ["rdm", "compare", "procrustes_cca", "accuracy"] if args.part == "all" else [args.part]
+    for part in parts:
+        if part == "rdm":
+            result["rdm_5000x2048"] = bench_rdm(args.repeats, args.scipy)
+        elif part == "compare":
+            result["compare_5000"] = bench_compare(args.repeats)
+        elif part == "procrustes_cca":
+            result["procrustes_cca_5000"] = bench_procrustes_cca(args.repeats)
+        else:
+            result["accuracy"] = bench_accuracy()
+        print(json.dumps(result, indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()
