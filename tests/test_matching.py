@@ -4,6 +4,9 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from simtorch_semantic.functional.matching import (
     SOLVERS,
@@ -218,6 +221,33 @@ def test_auction_batch_equals_one_by_one():
     np.testing.assert_allclose(single, opt, rtol=1e-6)
 
 
+def test_auction_per_problem_scales_in_one_batch():
+    # problems of very different magnitude in one batch each get their own eps and certificate
+    rng = np.random.default_rng(14)
+    a, _, _ = relu_affinity(rng, 3, 40, 8)
+    a = a * np.array([1e-3, 1.0, 1e4])[:, None, None]
+    opt = assignment_objective(a, solve_assignment(a, "exact"))
+    obj = assignment_objective(a, solve_assignment(a, "auction", rel_tol=1e-4))
+    assert np.all(obj >= opt - 1e-4 * np.abs(obj) - 1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.float64, st.tuples(st.integers(1, 3), st.integers(1, 6), st.just(0)).map(
+    lambda t: (t[0], t[1], t[1])), elements=st.floats(-1e3, 1e3, allow_nan=False, width=32)))
+def test_property_solvers_valid_and_bounded(a):
+    B, S, _ = a.shape
+    best = np.array([brute_force_best(a[b]) for b in range(B)])
+    for method in SOLVERS:
+        p = solve_assignment(a, method)
+        assert is_perm(p, S)
+        obj = assignment_objective(a, p)
+        assert np.all(obj <= best + 1e-9 * (1 + np.abs(best)))
+        if method == "exact":
+            np.testing.assert_allclose(obj, best, rtol=1e-12, atol=1e-9)
+        if method == "auction":
+            assert np.all(obj >= best - 1e-3 * np.abs(obj) - 1e-9 * (1 + np.abs(best)))
+
+
 def test_assignment_objective_plain_reference():
     rng = np.random.default_rng(10)
     a = rng.normal(size=(3, 7, 7))
@@ -245,6 +275,16 @@ def test_nan_inf_rejected(bad):
         solve_assignment(a)
     with pytest.raises(ValueError, match="NaN or Inf"):
         solve_assignment(torch.tensor(a)[None], "greedy")
+
+
+def test_half_precision_tensors_accepted_complex_rejected():
+    a = torch.eye(5, dtype=torch.bfloat16) * 3
+    np.testing.assert_array_equal(solve_assignment(a, "auction"), np.arange(5))
+    np.testing.assert_array_equal(solve_assignment(a.half(), "exact"), np.arange(5))
+    with pytest.raises(TypeError, match="real-valued"):
+        solve_assignment(torch.eye(3, dtype=torch.complex64))
+    with pytest.raises(TypeError, match="real-valued"):
+        solve_assignment(np.eye(3) * 1j)
 
 
 def test_non_square_and_bad_ndim_rejected():

@@ -72,7 +72,12 @@ SOLVERS = ("exact", "auction", "batch_optimal", "greedy")
 def _to_numpy(x, name):
     """Return ``x`` (torch tensor, NumPy array or nested sequence) as a NumPy array."""
     if torch is not None and isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if x.is_complex():
+            raise TypeError(f"{name} must be real-valued, got a complex tensor ({x.dtype})")
+        if x.dtype in (torch.float16, torch.bfloat16):  # no NumPy equivalent for bfloat16
+            x = x.double()
+        return x.numpy()
     try:
         return np.asarray(x)
     except Exception as exc:  # pragma: no cover - exotic inputs
