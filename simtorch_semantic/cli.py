@@ -36,6 +36,9 @@ PROG = "simtorch-semantic"
 
 # name -> (module, class name, fixed keyword arguments, takes --estimator, short description).
 # The first three live in the core package; the others are offered when their module imports.
+# CCA gets "dims": "n/10" (replaced by max(2, n // 10)): canonical correlations of layers with
+# at least n - 1 dimensions are all 1, so each layer is first reduced to its top principal
+# components.
 MEASURES: dict[str, tuple[str, str, dict, bool, str]] = {
     "cka": ("simtorch_semantic.measures.cka", "CKA", {"kernel": "linear"}, True,
             "linear CKA (Kornblith et al. 2019)"),
@@ -47,7 +50,8 @@ MEASURES: dict[str, tuple[str, str, dict, bool, str]] = {
             "representational similarity analysis"),
     "procrustes": ("simtorch_semantic.measures.procrustes", "Procrustes", {}, False,
                    "orthogonal Procrustes distance"),
-    "cca": ("simtorch_semantic.measures.cca", "CCA", {}, False, "mean canonical correlation"),
+    "cca": ("simtorch_semantic.measures.cca", "CCA", {"dims": "n/10"}, False,
+            "mean canonical correlation of the top n/10 principal components of each layer"),
     "semantic_cka": ("simtorch_semantic.measures.semantic", "SemanticCKA", {}, False,
                      "permutation-invariant semantic CKA (Wald et al. 2024)"),
 }
@@ -139,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--estimator", choices=("minibatch", "full"), default=None,
                       help="CKA estimator (cka, rbf_cka, dcka): minibatch (default; flat memory) or "
                       "full (exact, keeps all activations)")
+    cmp_.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                      help="extra keyword argument of the measure class, repeatable, e.g. "
+                      "--option matching=greedy (semantic_cka), --option dims=20 (cca), "
+                      "--option sigma_frac=0.5 (rbf_cka); values are read as int, float, "
+                      "true/false/none or text")
     cmp_.add_argument("--seed", type=int, default=0,
                       help="seed of the random weights and of the augmentations (default: 0)")
     cmp_.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -175,6 +184,34 @@ def _check_model_name(name: str, option: str) -> str:
             else f"examples: {', '.join(classification[:6])}")
     raise CLIError(f"{option}: unknown torchvision model '{name}'; {hint} "
                    "(all names: torchvision.models.list_models(module=torchvision.models))")
+
+
+def _parse_options(items: list[str]) -> list[tuple[str, object]]:
+    """``["k=v", ...]`` -> ``[(k, value)]`` with ints, floats, booleans and None recognised."""
+    parsed = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise CLIError(f"--option {item!r}: expected KEY=VALUE with a Python identifier as "
+                           "KEY, e.g. --option matching=greedy")
+        text = text.strip()
+        lowered = text.lower()
+        value: object
+        if lowered in ("true", "false"):
+            value = lowered == "true"
+        elif lowered == "none":
+            value = None
+        else:
+            try:
+                value = int(text)
+            except ValueError:
+                try:
+                    value = float(text)
+                except ValueError:
+                    value = text
+        parsed.append((key, value))
+    return parsed
 
 
 def _parse_layers(text: str | None, option: str):
@@ -304,21 +341,24 @@ def _compare(args) -> int:
         raise CLIError(f"--measure: unknown measure '{args.measure}'{hint}; available: "
                        f"{', '.join(measures) or 'none (the measures modules failed to import)'}")
     module, cls_name, fixed, takes_estimator, _ = MEASURES[args.measure]
-    options = dict(fixed)
+    options = {key: (max(2, args.n // 10) if value == "n/10" else value)
+               for key, value in fixed.items()}
+    for key, value in _parse_options(args.option):
+        options[key] = value
     if args.estimator is not None:
         if not takes_estimator:
             raise CLIError(f"--estimator applies to cka, rbf_cka and dcka, not to --measure "
                            f"{args.measure}; leave it out")
         options["estimator"] = args.estimator
     estimator = options.get("estimator", "minibatch" if takes_estimator else None)
-    if args.n % args.batch_size and estimator == "minibatch" and args.n % args.batch_size < 4:
-        raise CLIError(f"--n {args.n} with --batch-size {args.batch_size} leaves a last batch of "
-                       f"{args.n % args.batch_size} samples, but the minibatch CKA estimator needs "
-                       "at least 4 samples per batch; choose --n a multiple of --batch-size")
     if estimator == "minibatch" and min(args.batch_size, args.n) < 4:
         raise CLIError(f"--batch-size {args.batch_size}: the minibatch CKA estimator needs at "
                        "least 4 samples per batch; use --batch-size 4 or more (or "
                        "--estimator full)")
+    if args.n % args.batch_size and estimator == "minibatch" and args.n % args.batch_size < 4:
+        raise CLIError(f"--n {args.n} with --batch-size {args.batch_size} leaves a last batch of "
+                       f"{args.n % args.batch_size} samples, but the minibatch CKA estimator needs "
+                       "at least 4 samples per batch; choose --n a multiple of --batch-size")
     name_a = _check_model_name(args.model_a, "MODEL_A")
     name_b = _check_model_name(args.model_b, "MODEL_B")
     weights_a = _resolve_weights(name_a, args.weights)
@@ -366,7 +406,8 @@ def _compare(args) -> int:
     try:
         measure = measures[args.measure](sim_a, sim_b, device=device, **options)
     except _ERRORS as err:
-        raise CLIError(f"--measure {args.measure}: {_one_line(err)}") from err
+        where = "--option" if args.option else f"--measure {args.measure}"
+        raise CLIError(f"{where}: {cls_name}: {_one_line(err)}") from err
     # its own generator: iterating the loader draws a base seed, not from the global RNG
     loader = DataLoader(dataset, batch_size=min(args.batch_size, args.n), shuffle=False,
                         generator=torch.Generator().manual_seed(args.seed))

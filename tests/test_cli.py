@@ -125,6 +125,25 @@ def test_weights_default_goes_through_get_model(tmp_path, monkeypatch):
     assert meta["params"]["compare"]["weights"] == "DEFAULT"
 
 
+def test_measure_options_reach_the_measure(tmp_path):
+    assert main(["compare", "resnet18", "resnet18", "--measure", "rbf_cka", "--option",
+                 "sigma_frac=0.5", "--layers-a", "fc", "--layers-b", "avgpool,fc",
+                 "--out", str(tmp_path), "--n", "8", "--batch-size", "8", "--image-size", "32",
+                 "--no-progress"]) == 0
+    result = SimilarityResult.load(tmp_path / "resnet18_vs_resnet18_rbf_cka.json")
+    assert result.params["kernel"] == "rbf" and result.params["sigma_frac"] == 0.5
+    assert result.shape == (1, 2)
+
+
+def test_parse_options_values():
+    assert cli._parse_options(["a=1", "b=0.5", "c=True", "d=none", "e= greedy ", "f=1e-3"]) == [
+        ("a", 1), ("b", 0.5), ("c", True), ("d", None), ("e", "greedy"), ("f", 1e-3)]
+
+
+def test_cca_reduces_dimensions_by_default():
+    assert MEASURES["cca"][2] == {"dims": "n/10"}
+
+
 # ------------------------------------------------------------------------ bad arguments
 BAD_ARGUMENTS = [
     (["compare", "resnet18", "resnt34"], "close names: resnet34"),
@@ -151,6 +170,9 @@ BAD_ARGUMENTS = [
     (["compare", "resnet18", "resnet18", "--device", "gpu0"], "is not a torch device"),
     (["compare", "squeezenet1_1", "resnet18", "--image-size", "8"],
      "MODEL_A squeezenet1_1 cannot run on inputs .*--image-size"),
+    (["compare", "resnet18", "resnet18", "--option", "sigma_frac"], "expected KEY=VALUE"),
+    (["compare", "resnet18", "resnet18", "--option", "no_such_option=3"],
+     "--option: CKA: .*no_such_option"),
     (["compare", "resnet18", "resnet18", "--bogus"], "unrecognized arguments: --bogus"),
     (["compare", "resnet18"], "required: MODEL_B"),
     ([], "required: COMMAND"),
