@@ -1,9 +1,11 @@
-"""The ``simtorch-semantic`` command: compare two torchvision models layer by layer.
+r"""The ``simtorch-semantic`` command: compare two torchvision models layer by layer.
 
 Usage::
 
     simtorch-semantic compare resnet18 resnet34 --out results/
-    simtorch-semantic compare resnet18 resnet34 --measure rbf_cka --layers-a "layer*" --n 512
+    simtorch-semantic compare resnet18 resnet34 --measure rbf_cka --layers-a "layer?.?" --n 512
+    simtorch-semantic compare resnet18 resnet18 --measure semantic_cka --option matching=greedy \
+        --layers-a "layer4.?" --layers-b "layer4.?" --seed 1 --out results/
     python -m simtorch_semantic compare vgg11 vgg13 --weights DEFAULT --out results/
 
 ``compare`` builds both models with :func:`torchvision.models.get_model` (random initialisation by
