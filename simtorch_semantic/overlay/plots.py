@@ -58,7 +58,7 @@ def plot_overlay_query(overlay, query, layers=None, cmap: str = "viridis", alpha
                     ax.set_title(overlay.names[b])
                 if b == 0:
                     ax.set_ylabel(f"{layer}\n{h}x{w}")
-            fig.colorbar(im, ax=list(axes[r]), shrink=0.8, label=str(overlay.payload_similarity()))
+            fig.colorbar(im, ax=list(axes[r]), shrink=0.8, label=str(overlay._similarity_name()))
         fig.suptitle(f"query: image {n}, cell ({i}, {j}) of {chosen[0]}")
     return fig
 

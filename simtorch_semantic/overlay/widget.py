@@ -263,8 +263,7 @@ class SimilarityOverlay:
                     "layers": {k: {"curves": _json_floats(s.curves),
                                    "forward": s.forward.tolist(), "inverse": s.inverse.tolist()}
                                for k, s in self.sensitivity.items()}}
-        sim = self.similarity if isinstance(self.similarity, str) else getattr(
-            self.similarity, "__name__", "custom")
+        sim = self._similarity_name()
         self._payload_cache = {
             "version": 1, "similarity": sim, "cell": self.cell,
             "aspect": float(self.images.shape[-2]) / float(self.images.shape[-1]),
@@ -369,10 +368,13 @@ class SimilarityOverlay:
     def __repr__(self) -> str:
         grids = ", ".join(f"{k} {h}x{w}" for k in self.layers for h, w in [self._grid(k)])
         return (f"SimilarityOverlay({self.sim_model.model_name}, {len(self.names)} images, "
-                f"layers: {grids}, similarity={self.payload_similarity()!r})")
+                f"layers: {grids}, similarity={self._similarity_name()!r})")
 
-    def payload_similarity(self) -> str:
-        return self.similarity if isinstance(self.similarity, str) else "custom"
+    def _similarity_name(self) -> str:
+        if isinstance(self.similarity, str):
+            return self.similarity
+        name = getattr(self.similarity, "__name__", "custom")
+        return "custom" if name == "<lambda>" else name
 
 
 _WIDGET_CLASS = None
