@@ -182,3 +182,25 @@ def test_pack_upper_layout_and_roundtrip():
     np.testing.assert_array_equal(unpack_upper(packed, m), a)
     with pytest.raises(ValueError, match="expected m"):
         unpack_upper(packed[:-1], m)
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 6), h=st.integers(1, 4), w=st.integers(1, 4),
+       seed=st.integers(0, 10_000), scale=st.floats(0.01, 100.0))
+def test_cosine_map_properties(n, c, h, w, seed, scale):
+    """Symmetric, 1 on the diagonal, within [-1, 1], invariant to a positive scale of the
+    activations and to a permutation of the channels."""
+    g = torch.Generator().manual_seed(seed)
+    acts = torch.randn(n, c, h, w, generator=g, dtype=torch.float64) + 0.05
+    S = similarity_maps(acts)
+    M = S.reshape(n * h * w, n * h * w)
+    torch.testing.assert_close(M, M.T, atol=1e-12, rtol=0)
+    torch.testing.assert_close(torch.diagonal(M), torch.ones(n * h * w, dtype=torch.float64),
+                               atol=1e-12, rtol=0)
+    assert float(M.abs().max()) <= 1.0
+    torch.testing.assert_close(similarity_maps(acts * scale), S, atol=1e-12, rtol=0)
+    perm = torch.randperm(c, generator=g)
+    torch.testing.assert_close(similarity_maps(acts[:, perm]), S, atol=1e-12, rtol=0)

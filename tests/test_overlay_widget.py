@@ -2,7 +2,6 @@
 import base64
 import json
 import re
-import warnings
 
 import matplotlib
 import numpy as np
@@ -12,7 +11,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from simtorch_semantic.model import SimilarityModel
-from simtorch_semantic.overlay import (NMFResult, SimilarityOverlay, nmf_factors, plot_nmf,
+from simtorch_semantic.overlay import (NMFResult, SimilarityOverlay, nmf_factors,
                                        plot_sensitivity, quantize_maps, similarity_maps, unpack_upper,
                                        transform_sensitivity)
 

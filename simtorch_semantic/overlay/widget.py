@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 
 from ._capture import as_similarity_model, capture_spatial
 from ._images import prepare_images, to_uint8_hwc
-from .grouping import NMFResult, nmf_factors
+from .grouping import nmf_factors
 from .maps import map_index, pack_upper, quantize_maps, similarity_maps
-from .transforms import (Sensitivity, _check_kind, _check_values, sensitivity_from_activations,
+from .transforms import (_check_kind, _check_values, sensitivity_from_activations,
                          transform_images)
 
 STATIC = Path(__file__).resolve().parent / "static"
