@@ -34,7 +34,11 @@ mirrors the upper one (``A_ji = A_ij^T``, whose optimum is the inverse permutati
 Numerics: the affinities that the solver sees are computed on the input's device in its
 precision promoted to at least float32 (one ``torch.bmm`` per chunk of pairs); every similarity
 is then recomputed in float64 from the permutation, so the values are exact float64 inner
-products of the aligned samples. Pass float64 features for float64 affinities.
+products of the aligned samples. Pass float64 features for float64 affinities. For
+``matching="exact"`` each affinity is double-centred (row means, then column means subtracted)
+before solving: that adds one constant per row and per column, hence the same total to every
+permutation, so the optimum is the same permutation, and scipy's solver (which starts from zero
+dual variables) runs 2-3x faster on ReLU features.
 
 The spatio-semantic baseline (:func:`similarity_calculation`) uses the same kernels with the
 identity permutation (``ip = <vec(V), vec(W)>``); for ``ip`` and ``cosine`` the semantic value is
@@ -67,6 +71,8 @@ LAYOUTS = ("ncs", "nsc")
 
 # pairs per torch.bmm chunk is bounded by this many bytes of affinity matrices
 _CHUNK_BYTES = 32 * 2**20
+# solvers of matching.py that take an n_workers option
+_THREADED_SOLVERS = ("exact", "batch_optimal", "auction")
 # pairs handed to one worker-thread task
 _TASK_PAIRS = 8
 
@@ -278,7 +284,7 @@ def _aligned_ip64(x64, y64, perm):
 
 def _solver_options(matching, options, rn=None, cn=None):
     opts = dict(options)
-    if matching in ("exact", "batch_optimal"):
+    if matching in _THREADED_SOLVERS:  # our own threads parallelise; one per solver call
         opts.setdefault("n_workers", 1)
     if matching == "batch_optimal" and rn is not None:
         opts.setdefault("row_norms", rn)
@@ -403,7 +409,14 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
     def affinity(lo, hi):
         ii = torch.from_numpy(I[lo:hi]).to(xa.device)
         jj = torch.from_numpy(J[lo:hi]).to(xa.device)
-        return torch.bmm(xa[ii], ya[jj].transpose(1, 2)).cpu().numpy()
+        a = torch.bmm(xa[ii], ya[jj].transpose(1, 2))
+        if matching == "exact":
+            # Double centring adds a constant to every row and to every column, which adds the
+            # same total to every permutation: the optimal permutation is unchanged, and scipy's
+            # shortest-augmenting-path solver (which starts from zero duals) needs 2-3x less time.
+            a = a - a.mean(dim=2, keepdim=True)
+            a = a - a.mean(dim=1, keepdim=True)
+        return a.cpu().numpy()
 
     def solve(lo, hi, aff=None):
         if aff is None:
