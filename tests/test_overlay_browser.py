@@ -158,6 +158,16 @@ def test_controls_change_colours_opacity_and_layers(page, overlay, tmp_path):
     assert not page.is_visible('.sto-nmf-row[data-layer="3"]')
     page.check("input.sto-nmf-toggle")
     assert page.is_visible('.sto-nmf-row[data-layer="3"]')
+    # click pins the query: moving elsewhere changes nothing until the next click
+    _hover(page, "3", 0, 1, 1, 12, 12)
+    page.mouse.down()
+    page.mouse.up()
+    _hover(page, "3", 2, 8, 8, 12, 12)
+    assert _canvas_rgb(page, "3", 0)[0] == "0,1,1"
+    page.mouse.down()
+    page.mouse.up()
+    _hover(page, "3", 2, 8, 9, 12, 12)
+    assert _canvas_rgb(page, "3", 0)[0] == "2,8,9"
     assert page.errors == []
 
 
