@@ -180,6 +180,8 @@ def test_approximate_solvers_not_above_exact():
         approx = semantic_sim_parallel(x, matching=matching, progress=False, **opts)
         assert np.all(approx <= exact + 1e-9)
         np.testing.assert_allclose(np.diag(approx), np.diag(exact))
+    auc = semantic_sim_parallel(x, matching="auction", rel_tol=1e-4, progress=False)
+    assert np.all(auc <= exact + 1e-9) and np.all(auc >= exact * (1 - 1e-4) - 1e-9)
     bo_full = semantic_sim_parallel(x, matching="batch_optimal", k=20, progress=False)
     np.testing.assert_allclose(bo_full, exact, rtol=1e-12)  # one block = exact
     assert np.all(exact >= base - 1e-9)
