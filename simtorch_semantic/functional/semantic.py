@@ -135,13 +135,11 @@ def _as_tensor(x, name):
     return t
 
 
-def _check_finite(t, name, sample_axis=0):
-    ok = torch.isfinite(t)
+def _check_finite(t, name):
+    """Raise naming the first sample (index along dim 0) that holds NaN or Inf."""
+    ok = torch.isfinite(t).reshape(t.shape[0], -1).all(dim=1)
     if not bool(ok.all()):
-        if t.ndim == 0:
-            raise ValueError(f"{name} contains NaN or Inf")
-        flat = ok.reshape(t.shape[0], -1).all(dim=1) if sample_axis == 0 else None
-        first = int(torch.nonzero(~flat)[0, 0])
+        first = int(torch.nonzero(~ok)[0, 0])
         raise ValueError(
             f"{name} contains NaN or Inf (first in sample {first}); remove or repair those "
             "samples before computing similarities"
