@@ -50,17 +50,29 @@ def _normalized(X: torch.Tensor, name: str) -> torch.Tensor:
     return Xn
 
 
+# below this value of 2 - 2 rho the residual is recomputed at the optimal rotation
+_PRECISE_BELOW = 1e-4
+
+
 def _chord2(Xn: torch.Tensor, Yn: torch.Tensor) -> torch.Tensor:
     """``min_Q ||Xn - Yn Q||_F^2 = 2 - 2 ||Xn^T Yn||_*`` of normalised data, in [0, 2].
 
-    Evaluated as the residual at the optimal ``Q = U V^T`` (``Yn^T Xn = U S V^T``) rather than from
-    the nuclear norm, so nearly identical shapes give a small number without cancellation.
+    From the singular values of ``Yn^T Xn`` alone; when the shapes are nearly identical
+    (``2 - 2 rho < 1e-4``) the residual is evaluated at the optimal ``Q = U V^T`` instead, so it
+    keeps full relative precision without cancellation.
     """
+    if Xn is Yn:
+        return torch.zeros((), dtype=Xn.dtype, device=Xn.device)
+    M = Yn.T @ Xn
+    c2 = 2.0 - 2.0 * torch.linalg.svdvals(M).sum()
+    if bool(c2 >= _PRECISE_BELOW):
+        return c2.clamp(0.0, 2.0)
     p = max(Xn.shape[1], Yn.shape[1])  # zero-pad to a common width: Q is then square orthogonal
-    Xn = torch.nn.functional.pad(Xn, (0, p - Xn.shape[1]))
-    Yn = torch.nn.functional.pad(Yn, (0, p - Yn.shape[1]))
-    U, _, Vh = torch.linalg.svd(Yn.T @ Xn)
-    return torch.linalg.matrix_norm(Xn - Yn @ (U @ Vh)).square().clamp(0.0, 2.0)
+    pad_x, pad_y = p - Xn.shape[1], p - Yn.shape[1]
+    Xp = torch.nn.functional.pad(Xn, (0, pad_x))
+    Yp = torch.nn.functional.pad(Yn, (0, pad_y))
+    U, _, Vh = torch.linalg.svd(torch.nn.functional.pad(M, (0, pad_x, 0, pad_y)))
+    return torch.linalg.matrix_norm(Xp - Yp @ (U @ Vh)).square().clamp(0.0, 2.0)
 
 
 def _prepare(X, Y):
