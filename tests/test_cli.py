@@ -25,6 +25,16 @@ RESNET18_BLOCKS = ["conv1", "bn1", "relu", "maxpool", "layer1.0", "layer1.1", "l
                    "layer2.1", "layer3.0", "layer3.1", "layer4.0", "layer4.1", "avgpool", "fc"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread for these tiny models: on a busy 2-core machine two OpenMP threads
+    make each forward pass many times slower (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _one_line_error(capsys) -> str:
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
@@ -267,6 +277,7 @@ def test_python_dash_m_offline_weights_exit_code(tmp_path):
     downloaded: exit status 2, one line on stderr, no traceback."""
     env = dict(os.environ)
     env.update({"TORCH_HOME": str(tmp_path / "torch_home"),       # empty hub cache
+                "OMP_NUM_THREADS": "1",
                 "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
                 "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
                 "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", "")})
