@@ -30,6 +30,7 @@ import importlib
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 __all__ = ["main", "MEASURES", "available_measures", "build_parser", "CLIError"]
@@ -458,6 +459,12 @@ def _write_outputs(result, out: Path, stem: str, title: str | None = None) -> li
     return [png, *written]
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """warnings.showwarning replacement: ``simtorch-semantic: warning: <one line>``."""
+    text = " ".join(str(message).split())
+    print(f"{PROG}: warning: {text}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     """Entry point of ``simtorch-semantic``; returns the exit status (see the module docstring)."""
     parser = build_parser()
@@ -468,7 +475,9 @@ def main(argv=None) -> int:
             return stop.code if isinstance(stop.code, int) else 0
         if args.command == "compare":
             import torch
-            with torch.random.fork_rng(devices=[]):    # leave the caller's CPU RNG as it was
+            # leave the caller's CPU RNG as it was; print each warning as one line
+            with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+                warnings.showwarning = _show_warning
                 return _compare(args)
         raise CLIError(f"unknown command {args.command!r}")  # pragma: no cover
     except CLIError as err:

@@ -261,6 +261,25 @@ def test_failure_during_comparison_exits_1(tmp_path, capsys, monkeypatch):
         in line
 
 
+def test_warnings_are_one_line_each(tmp_path, capsys, monkeypatch):
+    import warnings
+
+    from simtorch_semantic.measures.cka import CKA
+    original = CKA.compute
+
+    def noisy(self, *args, **kwargs):
+        warnings.warn("layer 'fc' of resnet18 is constant over the samples;\nits CKA is NaN")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CKA, "compute", noisy)
+    assert main(["compare", "resnet18", "resnet18", "--layers-a", "fc", "--layers-b", "fc",
+                 "--out", str(tmp_path), "--n", "8", "--batch-size", "8", "--image-size", "32",
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["simtorch-semantic: warning: layer 'fc' of resnet18 is constant "
+                                "over the samples; its CKA is NaN"]
+
+
 def test_help_and_version(capsys):
     assert main(["--help"]) == 0
     assert "compare" in capsys.readouterr().out
