@@ -154,6 +154,26 @@ def test_cca_reduces_dimensions_by_default():
     assert MEASURES["cca"][2] == {"dims": "n/10"}
 
 
+def test_weights_default_from_the_hub_cache(tmp_path, monkeypatch):
+    """With the weights file in the torch hub cache, --weights DEFAULT really loads it: two copies
+    of the same pretrained model give CKA exactly 1 on the diagonal (random inits do not)."""
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    cache = tmp_path / "torch_home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(),
+               cache / os.path.basename(weights.url))     # stands in for the real download
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    common = ["compare", "resnet18", "resnet18", "--layers-a", "layer3.1,avgpool,fc",
+              "--layers-b", "layer3.1,avgpool,fc", "--n", "16", "--batch-size", "8",
+              "--image-size", "32", "--no-progress"]
+    assert main([*common, "--weights", "DEFAULT", "--out", str(tmp_path / "pre")]) == 0
+    assert main([*common, "--out", str(tmp_path / "rand")]) == 0
+    pre = SimilarityResult.load(tmp_path / "pre" / "resnet18_vs_resnet18_cka.json")
+    rand = SimilarityResult.load(tmp_path / "rand" / "resnet18_vs_resnet18_cka.json")
+    np.testing.assert_allclose(np.diag(pre.matrix), 1.0, atol=1e-6)
+    assert np.diag(rand.matrix).min() < 0.999
+
+
 # ------------------------------------------------------------------------ bad arguments
 BAD_ARGUMENTS = [
     (["compare", "resnet18", "resnt34"], "close names: resnet34"),
