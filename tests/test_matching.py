@@ -203,7 +203,10 @@ def test_auction_reaches_optimum_on_small_problems_and_general_signs():
 
 def test_auction_degenerate_inputs():
     # constant matrix (every permutation optimal), S = 1, integer ties
-    for a in (np.full((2, 7, 7), 3.0), np.ones((3, 1, 1)), np.tile(np.arange(5.0), (5, 1))):
+    one_hot = np.zeros((1, 60, 60))
+    one_hot[0, 3, 5] = 1.0
+    for a in (np.full((2, 7, 7), 3.0), np.zeros((1, 300, 300)), one_hot, np.ones((3, 1, 1)),
+              np.tile(np.arange(5.0), (5, 1))):
         p = solve_assignment(a, "auction")
         assert is_perm(p, a.shape[-1])
         opt = assignment_objective(a, solve_assignment(a, "exact"))

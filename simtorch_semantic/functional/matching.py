@@ -350,19 +350,21 @@ def _solve_auction(a, rel_tol=1e-3, theta=0.2, eps0=0.02, max_phases=20, gs_bidd
     prices = a.mean(axis=1)  # [B, S] column means
     pflat = prices.reshape(-1)
     spread = a.max(axis=(1, 2)) - a.min(axis=(1, 2))
-    spread[spread <= 0] = 1.0
+    active = spread > 0  # a constant matrix: every permutation is optimal (identity returned)
+    spread[~active] = 1.0
     eps = eps0 * spread
     eps_floor = 1e-12 * spread
-    active = np.ones(B, dtype=bool)
     assign = np.full(B * S, -1, dtype=np.int64)  # global person -> local object
     owner = np.full(B * S, -1, dtype=np.int64)   # global object -> local person
-    best = np.zeros((B, S), dtype=np.int64)
+    best = np.tile(np.arange(S, dtype=np.int64), (B, 1))
     best_obj = np.full(B, -np.inf)
     ar = np.arange(S)
     buf = np.empty((max(1, min(S, _CHUNK_ELEMS // (8 * S))), S))
     max_bidders = max(64, _ROUND_ELEMS // S)
 
     for _ in range(max_phases):
+        if not active.any():
+            break
         pact = np.repeat(active, S)
         flat = flat32 if eps[active].min() > fine else flat64
         while True:
@@ -401,7 +403,7 @@ def _solve_auction(a, rel_tol=1e-3, theta=0.2, eps0=0.02, max_phases=20, gs_bidd
             if obj > best_obj[b]:
                 best_obj[b] = obj
                 best[b] = asg
-            if gap <= rel_tol * abs(obj) or gap <= S * eps_floor[b] or eps[b] <= eps_floor[b]:
+            if gap <= rel_tol * abs(obj) or gap <= 1e3 * S * eps_floor[b] or eps[b] <= eps_floor[b]:
                 active[b] = False
                 continue
             eps[b] *= theta
