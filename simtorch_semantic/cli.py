@@ -52,7 +52,7 @@ MEASURES: dict[str, tuple[str, str, dict, bool, str]] = {
     "rsa": ("simtorch_semantic.measures.rsa", "RSA", {}, False,
             "representational similarity analysis"),
     "procrustes": ("simtorch_semantic.measures.procrustes", "Procrustes", {}, False,
-                   "orthogonal Procrustes distance"),
+                   "orthogonal Procrustes disparity, a distance"),
     "cca": ("simtorch_semantic.measures.cca", "CCA", {"dims": "n/10"}, False,
             "mean canonical correlation of the top n/10 principal components of each layer"),
     "semantic_cka": ("simtorch_semantic.measures.semantic", "SemanticCKA", {}, False,
@@ -117,8 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
         "default set of real photographs (shipped, augmented to --n samples) or --images DIR, "
         "and write a heatmap PNG plus the matrix as CSV and JSON into --out.",
         epilog="Layer selections are comma-separated exact names ('layer1.0'), glob patterns "
-        "('layer*.?.relu') or module classes ('nn.Conv2d'). Model names are those of "
-        "torchvision.models.list_models(module=torchvision.models).")
+        "('layer?.?', 'layer4.*.conv?'; '*' also crosses dots) or module classes ('nn.Conv2d'). "
+        "Model names are those of torchvision.models.list_models(module=torchvision.models). "
+        "Exit status: 0 done, 2 bad arguments, 1 the comparison failed; errors are one line "
+        "on stderr.")
     cmp_.add_argument("model_a", metavar="MODEL_A", help="torchvision model name, e.g. resnet18")
     cmp_.add_argument("model_b", metavar="MODEL_B", help="torchvision model name, e.g. resnet34")
     cmp_.add_argument("--out", required=True, metavar="DIR",
