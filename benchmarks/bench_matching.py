@@ -166,6 +166,23 @@ def markdown(rows, cmd, load_before, load_after, started, seconds):
             f"({r['ratio_min']:.5f}) | {r['wall']:.4f} | {r['cpu']:.4f} | "
             f"{r['speed_wall']:.1f}x | {r['speed_cpu']:.1f}x |"
         )
+    big = max(r["S"] for r in rows)
+    ok = [r for r in rows if r["S"] == big and r["solver"] != "exact"
+          and r["ratio_mean"] >= 0.99 and min(r["speed_cpu"], r["speed_wall"]) >= 20]
+    lines += [
+        "",
+        f"Goal at S = {big} (>= 0.99 of the optimum in <= 1/20 of the exact solver's time): "
+        + ("met by " + "; ".join(f"{r['solver']} ({r['ratio_mean']:.5f} of the optimum, "
+                                  f"{r['speed_cpu']:.0f}x faster in CPU time)" for r in ok)
+           if ok else "not met by any solver in this run") + ".",
+        "",
+        "Notes: `auction` stops when its duality gap certifies objective >= optimum - rel_tol * "
+        "objective, so its column is a guarantee, not only a measurement. `batch_optimal` with "
+        "the feature norms is the paper's Batch-Optimal (the original reports 0.963 at k = 256 "
+        "and S = 3136); the default proxy (row/column maxima of the affinity) sorts better here. "
+        "`greedy` has no guarantee. For S of a few hundred the exact solver is as fast as any "
+        "approximation, so `exact` stays the default for 14 x 14 maps.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -333,5 +333,9 @@ def test_exact_time_estimate_and_feasibility_check():
     assert 16**2 < t_big / t_small <= 16**3
     assert estimate_exact_seconds(196, B=100, n_workers=2) == pytest.approx(50 * t_small)
     assert check_exact_feasible(196, 10) == pytest.approx(estimate_exact_seconds(196, 10))
+    with pytest.raises(ValueError, match="S .*positive integer"):
+        estimate_exact_seconds(0)
+    with pytest.raises(ValueError, match="B .*non-negative integer"):
+        check_exact_feasible(196, -1)
     with pytest.raises(ValueError, match=r"would take about [0-9.]+ (h|days).*approximate matching.*greedy"):
         check_exact_feasible(3136, 100_000, max_seconds=3600)

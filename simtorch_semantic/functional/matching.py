@@ -503,8 +503,10 @@ def estimate_exact_seconds(S, B=1, n_workers=None):
     A cubic fit ``t(S) = c3 S^3 + c2 S^2`` to measured single-thread times of scipy's solver on
     ReLU feature affinities (see benchmarks/bench_matching.py), times ``B / min(B, n_workers)``.
     """
-    if S < 1 or B < 0:
-        raise ValueError(f"S must be >= 1 and B >= 0, got S={S}, B={B}")
+    if not isinstance(S, (int, np.integer)) or S < 1:
+        raise ValueError(f"S (positions per sample) must be a positive integer, got {S!r}")
+    if not isinstance(B, (int, np.integer)) or B < 0:
+        raise ValueError(f"B (number of pairs) must be a non-negative integer, got {B!r}")
     workers = min(_n_workers(n_workers), max(int(B), 1))
     return float((_EXACT_C3 * S**3 + _EXACT_C2 * S**2) * B / workers)
 
@@ -527,11 +529,11 @@ def check_exact_feasible(S, n_pairs, max_seconds=3600.0, n_workers=None):
     """
     est = estimate_exact_seconds(S, n_pairs, n_workers=n_workers)
     if est > max_seconds:
-        approx = [m for m in SOLVERS if m != "exact"]
         raise ValueError(
             f"exact matching of {n_pairs} pairs with S = {S} positions would take about "
             f"{_fmt_seconds(est)} (limit {_fmt_seconds(max_seconds)}); use an approximate "
-            f"matching ({', '.join(repr(m) for m in approx)}), fewer samples, or a coarser "
-            "layer (smaller S)"
+            "matching: 'auction' (certified within rel_tol = 0.1% of the optimum; about 40x "
+            "faster than 'exact' at S = 3136), 'batch_optimal' or 'greedy' (fastest, no "
+            "guarantee), or fewer samples, or a coarser layer (smaller S)"
         )
     return est
