@@ -210,19 +210,27 @@ class SemanticCKA(CollectingSimilarity):
                                      n_workers=self.n_workers, layout=lay,
                                      progress=self._progress, **self.matching_options)
 
-    def _rsms(self, acts, model):
+    def _rsms(self, acts, model, reuse=None):
+        """RSMs of ``model``'s layers in order; ``reuse`` maps (layer, activation) -> RSM already
+        built for identical activations (a model compared with itself or with a copy)."""
         out = []
         items = [(layer, acts[layer]) for layer in model.layers if layer in acts]
         for layer, act in tqdm(items, desc=f"RSMs {model.model_name}", unit="layer",
                                disable=not self._progress or len(items) < 2, leave=False):
-            K = self._rsm(model.model_name, layer, act)
-            if self.psd is None and not self.baseline:
-                lo, hi = _negative_part(K)
-                if lo < -1e-6 * hi:
-                    self._notes.append(
-                        f"{model.model_name}.{layer}: the semantic RSM is not positive "
-                        f"semi-definite (most negative eigenvalue {lo:.3g}, largest |eigenvalue| "
-                        f"{hi:.3g}); CKA uses it as given (psd='clip' projects it)")
+            K = None
+            for other_act, other_K in (reuse or {}).get(layer, []):
+                if other_act.shape == act.shape and torch.equal(other_act, act):
+                    K = other_K
+                    break
+            if K is None:
+                K = self._rsm(model.model_name, layer, act)
+                if self.psd is None and not self.baseline:
+                    lo, hi = _negative_part(K)
+                    if lo < -1e-6 * hi:
+                        self._notes.append(
+                            f"{model.model_name}.{layer}: the semantic RSM is not positive "
+                            f"semi-definite (most negative eigenvalue {lo:.3g}, largest "
+                            f"|eigenvalue| {hi:.3g}); CKA uses it as given (psd='clip' projects it)")
             out.append(K)
         return out
 
@@ -236,12 +244,10 @@ class SemanticCKA(CollectingSimilarity):
             raise ValueError(f"SemanticCKA needs at least {need} samples "
                              f"({'unbiased' if self.unbiased else 'biased'} HSIC), got {n}")
         Ks = self._rsms(acts1, self.sim_model1)
-        same = list(acts1) == list(acts2) and all(
-            a.shape == b.shape and torch.equal(a, b) for a, b in zip(acts1.values(), acts2.values()))
-        if same and self.sim_model1.layers == self.sim_model2.layers:
-            Ls = Ks  # a model compared with itself: one set of RSMs
-        else:
-            Ls = self._rsms(acts2, self.sim_model2)
+        built = {}
+        for layer, K in zip([l for l in self.sim_model1.layers if l in acts1], Ks):
+            built.setdefault(layer, []).append((acts1[layer], K))
+        Ls = self._rsms(acts2, self.sim_model2, reuse=built)  # identical layers are not redone
         M = rsm_cka_matrix(Ks, Ls, unbiased=self.unbiased, psd=self.psd, device=self.device)
         bad1 = np.where(np.all(np.isnan(M), axis=1))[0]
         bad2 = np.where(np.all(np.isnan(M), axis=0))[0]
