@@ -17,7 +17,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["simtorch_semantic", "simtorch_semantic.*"]),
-    package_data={"simtorch_semantic": ["overlay/static/*", "data/*"]},
+    package_data={"simtorch_semantic": ["overlay/static/*", "photos/*"]},
     include_package_data=True,
     install_requires=[
         "torch",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import io
 import os
 import re
 import sys
@@ -443,6 +444,7 @@ def _compare(args) -> int:
 
 def _write_outputs(result, out: Path, stem: str, title: str | None = None) -> list[Path]:
     """Save CSV + JSON via SimilarityResult.save and the heatmap PNG via SimilarityResult.plot."""
+    from .results import atomic_write_bytes
     from matplotlib.figure import Figure          # no pyplot: no GUI backend, no global state
     out.mkdir(parents=True, exist_ok=True)
     written = list(result.save(out / f"{stem}.csv"))
@@ -451,13 +453,9 @@ def _write_outputs(result, out: Path, stem: str, title: str | None = None) -> li
     ax = fig.add_subplot()
     result.plot(ax=ax, title=title)
     png = out / f"{stem}.png"
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
-        os.replace(tmp, png)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=150, bbox_inches="tight")
+    atomic_write_bytes(png, buffer.getvalue())
     return [png, *written]
 
 

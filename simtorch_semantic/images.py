@@ -1,7 +1,7 @@
 """Real photographs as a default, offline input set for comparing image models.
 
-The package ships a handful of small public-domain / CC0 photographs (``simtorch_semantic/data``,
-sources and licences in ``data/LICENSE.md``). :func:`default_dataset` turns them, or any images the
+The package ships a handful of small public-domain / CC0 photographs (``simtorch_semantic/photos``,
+sources and licences in ``photos/LICENSE.md``). :func:`default_dataset` turns them, or any images the
 user supplies, into ``n`` ImageNet-normalised samples of shape ``[3, size, size]``: sample ``i``
 shows photograph ``i mod k`` (``k`` photographs); the first pass over the photographs is a plain
 resize + centre crop, later passes are random resized crops, horizontal flips and a small colour
@@ -25,7 +25,7 @@ from torchvision.transforms.v2 import functional as TF
 __all__ = ["DATA_DIR", "IMAGE_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD", "load_images",
            "default_dataset", "AugmentedImageDataset"]
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parent / "photos"
 """Folder of the shipped photographs."""
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")

@@ -14,14 +14,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..results import atomic_write_bytes
 from ._capture import as_similarity_model, capture_spatial
 from ._images import prepare_images, to_uint8_hwc
 from .grouping import nmf_factors
@@ -314,17 +313,7 @@ class SimilarityOverlay:
     def save_html(self, path, title: str | None = None) -> Path:
         """Write :meth:`to_html` to ``path`` (via a temporary file, then renamed)."""
         path = Path(path)
-        html = self.to_html(title)
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".",
-                                   prefix=".overlay-", suffix=".html")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(html)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_bytes(path, self.to_html(title).encode("utf-8"))
         return path
 
     def plot_query(self, query, layers=None, cmap: str | None = None, alpha: float | None = None):
