@@ -14,7 +14,7 @@ For every pair, every solver runs on the same matrix, one pair at a time on one 
 table gives objective / optimum (mean and minimum over the pairs), the median wall and CPU time
 per pair, and the ratio of the exact solver's median time to the solver's.
 
-    python3 benchmarks/bench_matching.py                      # writes benchmarks/RESULTS_matching.md
+    python3 benchmarks/bench_matching.py        # writes benchmarks/RESULTS_matching.md
     python3 benchmarks/bench_matching.py --pairs 6 3 1 --out /tmp/r.md   # quicker
 """
 from __future__ import annotations
@@ -204,8 +204,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     rows = run(args.pairs, progress=not args.quiet)
     seconds = time.perf_counter() - t0
-    cmd = "python3 benchmarks/bench_matching.py" + (
-        "" if argv is None and len(sys.argv) == 1 else " " + " ".join(argv if argv is not None else sys.argv[1:]))
+    given = list(argv) if argv is not None else sys.argv[1:]
+    cmd = " ".join(["python3 benchmarks/bench_matching.py", *given])
     md = markdown(rows, cmd, load_before, os.getloadavg()[0], started, seconds)
     Path(args.out).write_text(md, encoding="utf-8")
     print(md)
