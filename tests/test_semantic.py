@@ -340,3 +340,36 @@ def test_torch_thread_setting_restored():
     with pytest.raises(ValueError):
         semantic_sim_parallel(relu_feats(4, 3, 5), matching="batch_optimal", k=0, progress=False)
     assert torch.get_num_threads() == before
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 4), c=st.integers(1, 4), s=st.integers(1, 6), seed=st.integers(0, 10**6),
+       relu=st.booleans())
+def test_property_invariance_and_bounds(n, c, s, seed, relu):
+    """Any spatial shuffle of any sample leaves the semantic RSM unchanged; semantic >= baseline
+    (ip, cosine); |cosine| <= 1; rbf in (0, 1]; symmetric; equals brute force."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, s))
+    if relu:
+        x = np.maximum(x, 0)
+    shuffled = np.stack([xi[:, rng.permutation(s)] for xi in x])
+    a = semantic_sim_parallel(x, kernel=ALL, n_workers=1, progress=False)
+    b = semantic_sim_parallel(shuffled, kernel=ALL, n_workers=1, progress=False)
+    base = similarity_calculation(x, kernel=["ip", "cosine"])
+    scale = max(1.0, np.abs(a["ip"]).max())
+    for k in ALL:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-9, atol=1e-12 * scale)
+        np.testing.assert_array_equal(a[k], a[k].T)
+    for k in ("ip", "cosine"):
+        assert np.all(a[k] >= base[k] - 1e-12 * scale)
+    assert np.all(np.abs(a["cosine"]) <= 1 + 1e-12)
+    assert np.all((a["rbf"] > 0) & (a["rbf"] <= 1))
+    xs = np.transpose(x, (0, 2, 1))
+    for i in range(n):
+        for j in range(i + 1, n):
+            assert a["ip"][i, j] == pytest.approx(brute_force_ip(xs[i], xs[j])[0], rel=1e-12,
+                                                  abs=1e-12 * scale)
