@@ -254,6 +254,15 @@ def test_property_solvers_valid_and_bounded(a):
             assert np.all(obj >= best - 1e-3 * np.abs(obj) - 1e-9 * (1 + np.abs(best)))
 
 
+@pytest.mark.parametrize("method", APPROX)
+def test_every_method_accepts_n_workers(method):
+    # callers pass n_workers uniformly; vectorised solvers ignore it, results do not change
+    rng = np.random.default_rng(15)
+    a, _, _ = relu_affinity(rng, 3, 20, 4)
+    np.testing.assert_array_equal(solve_assignment(a, method, n_workers=2),
+                                  solve_assignment(a, method, n_workers=1))
+
+
 def test_assignment_objective_plain_reference():
     rng = np.random.default_rng(10)
     a = rng.normal(size=(3, 7, 7))
