@@ -124,7 +124,7 @@ def test_tiny_torchvision_model_runs():
     torch.manual_seed(0)
     net = tv.models.resnet18(weights=None, num_classes=5)
     m = SimilarityModel(net, model_name="resnet18", layers_to_include=["layer1", "layer4", "fc"])
-    loader = DataLoader(TensorDataset(torch.randn(12, 3, 32, 32)), batch_size=6)
+    loader = DataLoader(TensorDataset(torch.randn(12, 3, 16, 16)), batch_size=12)
     res = RSA(m, m, metric="L2squared", method="cosine", center=True).compute(loader, progress=False)
     assert res.matrix.shape == (3, 3) and np.allclose(np.diag(res.matrix), 1.0)
     pro = Procrustes(m, m, angular=True).compute(loader, progress=False)
