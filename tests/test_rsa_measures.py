@@ -192,3 +192,18 @@ def test_memory_estimate_error(setup):
     loader, m1, m2, _, _ = setup
     with pytest.raises(MemoryError, match="per sample"):
         RSA(m1, m2, max_memory=1000).compute(loader, progress=False)
+
+
+def test_results_are_plottable_like_cka(setup):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loader, m1, m2, _, _ = setup
+    measure = Procrustes(m1, m2, angular=True)
+    res = measure.compute(loader, progress=False)
+    ax = res.plot(title="procrustes")
+    assert ax is not None
+    assert measure.plot_similarity(title="again") is not None
+    plt.close("all")
