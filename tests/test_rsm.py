@@ -233,3 +233,20 @@ def test_infeasible_exact_refused_before_any_layer(tmp_path, monkeypatch):
     big = {"small": np.zeros((4, 2, 2, 2)), "huge": torch.zeros(64, 1, 56, 56)}
     with pytest.raises(ValueError, match="would take about"):
         get_or_calculate_RSM(tmp_path, big, progress=False)
+
+
+def test_unusual_dtypes_and_memory_layouts(tmp_path):
+    x = np.maximum(np.random.default_rng(9).standard_normal((5, 3, 2, 4)), 0)
+    reps = {"bf16": torch.from_numpy(x).bfloat16(), "big_endian": x.astype(">f8"),
+            "strided": torch.from_numpy(x)[:, :, :, ::2]}
+    got = get_or_calculate_RSM(tmp_path, reps, progress=False)
+    np.testing.assert_allclose(got["big_endian"], semantic_sim_parallel(x, progress=False),
+                               rtol=1e-12)
+    np.testing.assert_allclose(
+        got["strided"], semantic_sim_parallel(np.ascontiguousarray(x[:, :, :, ::2]),
+                                              progress=False), rtol=1e-12)
+    bf = torch.from_numpy(x).bfloat16().float().numpy()
+    np.testing.assert_allclose(got["bf16"], semantic_sim_parallel(bf, progress=False), rtol=1e-6)
+    again = get_or_calculate_RSM(tmp_path, reps, progress=False)  # hashes are stable
+    assert len([f for f in os.listdir(tmp_path) if f.endswith(".npz")]) == 1
+    np.testing.assert_array_equal(again["bf16"], got["bf16"])

@@ -125,6 +125,8 @@ def _as_tensor(x, name):
         a = np.asarray(x)
         if a.dtype == object:
             raise TypeError(f"{name} must be a numeric torch tensor or NumPy array")
+        if a.dtype.byteorder not in ("=", "|"):  # torch needs native byte order
+            a = a.astype(a.dtype.newbyteorder("="))
         t = torch.from_numpy(np.ascontiguousarray(a))
     else:
         raise TypeError(f"{name} must be a torch tensor or NumPy array, got {type(x).__name__}")
