@@ -269,3 +269,26 @@ def test_identical_layers_build_one_rsm(data, monkeypatch):
     res = SemanticCKA(m1, m2, kernel="ip").compute(loader, progress=False)
     assert len(calls) == 2  # layer "1" once, layer "3" once
     assert res.matrix.shape == (1, 2) and res.matrix[0, 0] == pytest.approx(1.0)
+
+
+def test_infeasible_exact_refused_at_first_batch():
+    net = nn.Sequential(nn.Identity()).double()
+    m = SimilarityModel(net, model_name="big", layers_to_include=["0"])
+    X = torch.zeros(256, 1, 56, 56, dtype=torch.float64)  # S = 3136, 256 samples planned
+    loader = DataLoader(TensorDataset(X), batch_size=8)
+    meas = SemanticCKA(m, m, kernel="ip")
+    with pytest.raises(ValueError, match="layer big.0: .*would take about.*approximate"):
+        meas.compute(loader, progress=False)
+    assert meas._n_batches == 0  # nothing collected
+
+
+def test_five_d_activations_are_position_sets():
+    torch.manual_seed(8)
+    X = torch.relu(torch.randn(6, 2, 2, 2, 2, dtype=torch.float64))  # (n, c, d, h, w)
+    loader = DataLoader(TensorDataset(X), batch_size=6)
+    m = SimilarityModel(nn.Sequential(nn.Identity()), model_name="v", layers_to_include=["0"])
+    meas = SemanticCKA(m, m, kernel="ip")
+    res = meas.compute(loader, progress=False)
+    assert res.matrix[0, 0] == pytest.approx(1.0) and not res.notes
+    K = meas._rsm("v", "0", X)
+    np.testing.assert_allclose(K, semantic_sim_parallel(X.reshape(6, 2, 8), progress=False))

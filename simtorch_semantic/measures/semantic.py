@@ -30,8 +30,13 @@ pooling) have nothing to permute: their RSM is the baseline one (identical to th
 when ``S = 1``), and a note in the result says so. ``baseline=True`` uses the spatio-semantic
 baseline RSM (no permutation) for every layer, on the same path, for a layer-by-layer comparison.
 
-Activation layouts (``layout="auto"``): 4-D ``(n, c, h, w)``; 3-D ``(n, t, d)`` tokens (as in the
-original code); ``layout="ncs"`` reads 3-D as ``(n, c, s)``.
+Activation layouts (``layout="auto"``): 4-D ``(n, c, h, w)`` (and ``(n, c, d, h, w, ...)``, every
+trailing axis a position axis); 3-D ``(n, t, d)`` tokens (as in the original code);
+``layout="ncs"`` reads 3-D as ``(n, c, s)``.
+
+With ``matching="exact"`` the first batch's layer shapes and the planned number of samples are
+checked against the solver's time estimate; a layer that would take hours stops the run before
+anything is collected, with the estimate and the approximate solvers to use instead.
 """
 from __future__ import annotations
 
@@ -43,7 +48,7 @@ from tqdm.auto import tqdm
 
 from ..functional.cka import cka_from_hsic
 from ..functional.hsic import hsic_all_pairs
-from ..functional.matching import SOLVERS
+from ..functional.matching import SOLVERS, check_exact_feasible
 from ..functional.semantic import (
     KERNELS,
     semantic_sim_parallel,
@@ -182,15 +187,39 @@ class SemanticCKA(CollectingSimilarity):
 
     # -- RSMs
     def _layer_layout(self, act):
-        if act.ndim == 4:
+        if act.ndim >= 4:
             return "ncs"
         if act.ndim == 3:
             return "nsc" if self.layout == "auto" else self.layout
         return None
 
+    def _positions(self, act):
+        """Number of positions S of an activation ``[n, ...]`` (0 for flat outputs)."""
+        lay = self._layer_layout(act)
+        if lay is None:
+            return 0
+        return int(np.prod(act.shape[2:])) if lay == "ncs" else int(np.prod(act.shape[1:-1]))
+
+    def _update_state(self, feats1, feats2, batch) -> None:
+        if self._store1.n_samples == 0 and self.matching == "exact" and not self.baseline:
+            # refuse hours of exact matching before collecting anything
+            n = max(self._planned_samples or 0, next(iter(feats1.values())).shape[0])
+            for model, feats in ((self.sim_model1, feats1), (self.sim_model2, feats2)):
+                for layer, act in feats.items():
+                    S = self._positions(act)
+                    if S > 1:
+                        try:
+                            check_exact_feasible(S, n * (n - 1) // 2, n_workers=self.n_workers)
+                        except ValueError as exc:
+                            raise ValueError(f"SemanticCKA, layer {model.model_name}.{layer}: "
+                                             f"{exc}") from None
+        super()._update_state(feats1, feats2, batch)
+
     def _rsm(self, model_name, layer, act):
         """The N x N RSM of one layer's activations ``act [N, ...]`` (float64 NumPy)."""
         lay = self._layer_layout(act)
+        if act.ndim > 4:  # (n, c, d, h, w, ...): every trailing axis is a position axis
+            act = act.reshape(act.shape[0], act.shape[1], act.shape[2], -1)
         if lay is None:
             flat = act.reshape(act.shape[0], -1)
             if not self.baseline:
@@ -198,7 +227,7 @@ class SemanticCKA(CollectingSimilarity):
                     f"{model_name}.{layer}: output {tuple(act.shape[1:])} has no spatial extent; "
                     "baseline RSM used (no permutation)")
             return similarity_calculation(flat[:, :, None], kernel=self.kernel)
-        S = int(np.prod(act.shape[2:])) if lay == "ncs" else int(np.prod(act.shape[1:-1]))
+        S = self._positions(act)
         if self.baseline:
             return similarity_calculation(act, kernel=self.kernel, layout=lay)
         if S == 1:
