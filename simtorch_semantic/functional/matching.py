@@ -429,14 +429,23 @@ def solve_assignment(affinity, method="exact", **options):
         method: one of :data:`SOLVERS`.
         **options: solver options:
             ``exact``: ``n_workers`` (threads for B > 1; default ``os.cpu_count()``);
+            ``auction``: ``rel_tol`` (default 1e-3; certified relative gap to the optimum),
+            ``theta`` (eps reduction per phase, 0.2), ``eps0`` (first eps as a fraction of the
+            affinity's range, 0.02), ``max_phases`` (20);
             ``batch_optimal``: ``k`` (block size, default 256), ``row_norms``/``col_norms``
             ``[B, S]`` (norms of the two samples' vectors; default proxies are the affinity's
             row/column maxima), ``n_workers``;
             ``greedy``: none.
+            Every method accepts ``n_workers`` (ignored by the vectorised ``auction`` and
+            ``greedy``), so callers can pass it uniformly. Unknown options raise ``TypeError``.
 
     Returns:
         ``np.ndarray[int64]`` ``[B, S]`` (``[S]`` for 2-D input): ``perm[b, i]`` is the column
         assigned to row ``i``.
+
+    Raises:
+        ValueError: unknown ``method`` (the message lists :data:`SOLVERS`), input that is not
+        ``[S, S]``/``[B, S, S]``, not square, empty, or holds NaN/Inf; bad option values.
     """
     _check_method(method)
     a, was_2d = _as_affinity_batch(affinity)
