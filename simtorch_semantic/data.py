@@ -13,7 +13,7 @@ batch sizes (while iterating) must agree, and both loaders must end together; ot
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch

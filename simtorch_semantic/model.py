@@ -59,7 +59,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import warnings
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from torch import nn

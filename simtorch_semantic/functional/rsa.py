@@ -41,7 +41,6 @@ and column means that double-centring removes, so they can differ noticeably fro
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Sequence
 
@@ -142,7 +141,6 @@ def rdm(
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"rdm: chunk_size must be a positive integer or None, got {chunk_size!r}.")
     Z = _data_matrix(X, "X", dtype=dtype, device=device)
-    n = Z.shape[0]
 
     undefined = None
     if metric == "pearson":

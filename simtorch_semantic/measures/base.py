@@ -16,6 +16,7 @@ States that are sums can be all-reduced across processes with :meth:`_all_reduce
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 import torch
@@ -69,6 +70,7 @@ class BaseSimilarity:
         self.input_fn = input_fn
         self.sim_matrix = None
         self._last_result = None
+        self._progress = True  # the last compute()'s progress flag, for per-layer loops in result()
         self.reset()
 
     # ------------------------------------------------------------------ public API
@@ -115,6 +117,7 @@ class BaseSimilarity:
             Show a tqdm bar.
         """
         self.reset()
+        self._progress = bool(progress)
         self._expect_samples(dataloader, max_batches)
         batches = paired_batches(dataloader, dataloader2, max_batches=max_batches,
                                  input_key=self.input_key, input_fn=self.input_fn, raw=True)
@@ -174,6 +177,11 @@ class BaseSimilarity:
 
     def _check_batch(self, n: int) -> None:
         """Raise if a batch of ``n`` samples cannot be used (default: any n >= 1)."""
+
+    def _note(self, message: str) -> None:
+        """Record a remark about a layer in the result's notes and warn with it."""
+        self._notes.append(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
 
     @staticmethod
     def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:

@@ -21,12 +21,12 @@ from tqdm.auto import tqdm
 
 from ..functional.cca import CCA_VARIANTS, _basis, _check_degenerate, _check_options, _similarity_from_bases
 from ..functional.rsa import _canonical
-from .rsa import _CollectingWithProgress
+from .collect import CollectingSimilarity
 
 __all__ = ["CCA"]
 
 
-class CCA(_CollectingWithProgress):
+class CCA(CollectingSimilarity):
     """CCA similarity between every layer of model 1 and every layer of model 2.
 
     Parameters
@@ -90,7 +90,6 @@ class CCA(_CollectingWithProgress):
         return out
 
     def _matrix_from_activations(self, acts1: dict, acts2: dict) -> np.ndarray:
-        acts1, acts2 = self._ordered(acts1, self.sim_model1), self._ordered(acts2, self.sim_model2)
         n = next(iter(acts1.values())).shape[0]
         if n < 3:
             raise ValueError(f"CCA needs at least 3 samples, got {n}; use more batches or a larger batch size.")

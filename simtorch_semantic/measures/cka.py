@@ -25,9 +25,6 @@ layer and the first batch where it appeared.
 
 from __future__ import annotations
 
-import math
-import warnings
-
 import numpy as np
 import torch
 
@@ -214,8 +211,7 @@ class CKA(CollectingSimilarity):
                     f"layer {name!r} of {model.model_name} is constant over the samples (HSIC with "
                     f"itself is {value:.3g}): its {self.name} is undefined and set to NaN"
                 )
-                self._notes.append(message)
-                warnings.warn(message, RuntimeWarning, stacklevel=4)
+                self._note(message)
 
     def _params(self) -> dict:
         params = {"kernel": self.kernel, "estimator": self.estimator, "unbiased": self.unbiased}

@@ -10,10 +10,10 @@ is the BaseSimilarity built on it: subclasses only implement
 from __future__ import annotations
 
 import bisect
-import os
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .base import BaseSimilarity
 
@@ -187,6 +187,22 @@ class CollectingSimilarity(BaseSimilarity):
 
     def _matrix_from_activations(self, acts1: dict, acts2: dict) -> np.ndarray:
         raise NotImplementedError
+
+    # -- helpers for subclasses
+    def _layer_items(self, acts: dict, model, what: str):
+        """``acts.items()`` with a progress bar over layers (for per-layer work in result())."""
+        items = list(acts.items())
+        return tqdm(items, desc=f"{what} {model.model_name}", unit="layer",
+                    disable=not self._progress or len(items) < 2)
+
+    @staticmethod
+    def _same_activations(acts1: dict, acts2: dict) -> bool:
+        """True when both models produced identical activations (a model compared with itself),
+        so per-layer work for model 1 can be reused for model 2."""
+        if list(acts1) != list(acts2):
+            return False
+        return all(a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+                   for a, b in zip(acts1.values(), acts2.values()))
 
     def _params(self) -> dict:
         return {}

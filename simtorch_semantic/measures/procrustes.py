@@ -17,12 +17,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..functional.procrustes import _angle_from_chord2, _chord2, _disparity_from_chord2, _normalized
-from .rsa import _CollectingWithProgress
+from .collect import CollectingSimilarity
 
 __all__ = ["Procrustes"]
 
 
-class Procrustes(_CollectingWithProgress):
+class Procrustes(CollectingSimilarity):
     """Procrustes distance between every layer of model 1 and every layer of model 2.
 
     Parameters
@@ -67,7 +67,6 @@ class Procrustes(_CollectingWithProgress):
         return out
 
     def _matrix_from_activations(self, acts1: dict, acts2: dict) -> np.ndarray:
-        acts1, acts2 = self._ordered(acts1, self.sim_model1), self._ordered(acts2, self.sim_model2)
         n = next(iter(acts1.values())).shape[0]
         if n < 3:
             raise ValueError(

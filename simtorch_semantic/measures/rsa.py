@@ -15,7 +15,6 @@ import warnings
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..functional.rsa import (
     COMPARE_METHODS,
@@ -30,40 +29,7 @@ from .collect import CollectingSimilarity, _fmt_bytes, available_memory
 __all__ = ["RSA"]
 
 
-class _CollectingWithProgress(CollectingSimilarity):
-    """CollectingSimilarity that remembers ``compute(progress=...)`` for its per-layer loops."""
-
-    _progress = True
-
-    def compute(self, dataloader, dataloader2=None, max_batches=None, progress=True):
-        self._progress = bool(progress)
-        return super().compute(dataloader, dataloader2=dataloader2, max_batches=max_batches,
-                               progress=progress)
-
-    def _layer_items(self, acts: dict, model, what: str):
-        items = list(acts.items())
-        return tqdm(items, desc=f"{what} {model.model_name}", unit="layer",
-                    disable=not self._progress or len(items) < 2)
-
-    def _note(self, message: str) -> None:
-        self._notes.append(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=5)
-
-    @staticmethod
-    def _ordered(acts: dict, model) -> dict:
-        """``acts`` in the order of ``model.layers`` (the rows/columns of the result)."""
-        return {layer: acts[layer] for layer in model.layers if layer in acts}
-
-    @staticmethod
-    def _same_activations(acts1: dict, acts2: dict) -> bool:
-        """True when both models produced identical activations (a model compared with itself)."""
-        if list(acts1) != list(acts2):
-            return False
-        return all(a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
-                   for a, b in zip(acts1.values(), acts2.values()))
-
-
-class RSA(_CollectingWithProgress):
+class RSA(CollectingSimilarity):
     """Representational similarity analysis between every layer of model 1 and every layer of model 2.
 
     Parameters
@@ -149,7 +115,6 @@ class RSA(_CollectingWithProgress):
         return V
 
     def _matrix_from_activations(self, acts1: dict, acts2: dict) -> np.ndarray:
-        acts1, acts2 = self._ordered(acts1, self.sim_model1), self._ordered(acts2, self.sim_model2)
         n = next(iter(acts1.values())).shape[0]
         if n < 3:
             raise ValueError(
