@@ -34,11 +34,9 @@ mirrors the upper one (``A_ji = A_ij^T``, whose optimum is the inverse permutati
 Numerics: the affinities that the solver sees are computed on the input's device in its
 precision promoted to at least float32 (one ``torch.bmm`` per chunk of pairs); every similarity
 is then recomputed in float64 from the permutation, so the values are exact float64 inner
-products of the aligned samples. Pass float64 features for float64 affinities. For
-``matching="exact"`` each affinity is double-centred (row means, then column means subtracted)
-before solving: that adds one constant per row and per column, hence the same total to every
-permutation, so the optimum is the same permutation, and scipy's solver (which starts from zero
-dual variables) runs 2-3x faster on ReLU features.
+products of the aligned samples. Pass float64 features for float64 affinities. (The exact
+solver double-centres each affinity before solving, which leaves the optimal permutation
+unchanged and makes scipy's solver 2-3x faster on ReLU features; see ``matching``.)
 
 The spatio-semantic baseline (:func:`similarity_calculation`) uses the same kernels with the
 identity permutation (``ip = <vec(V), vec(W)>``); for ``ip`` and ``cosine`` the semantic value is
@@ -409,14 +407,7 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
     def affinity(lo, hi):
         ii = torch.from_numpy(I[lo:hi]).to(xa.device)
         jj = torch.from_numpy(J[lo:hi]).to(xa.device)
-        a = torch.bmm(xa[ii], ya[jj].transpose(1, 2))
-        if matching == "exact":
-            # Double centring adds a constant to every row and to every column, which adds the
-            # same total to every permutation: the optimal permutation is unchanged, and scipy's
-            # shortest-augmenting-path solver (which starts from zero duals) needs 2-3x less time.
-            a = a - a.mean(dim=2, keepdim=True)
-            a = a - a.mean(dim=1, keepdim=True)
-        return a.cpu().numpy()
+        return torch.bmm(xa[ii], ya[jj].transpose(1, 2)).cpu().numpy()
 
     def solve(lo, hi, aff=None):
         if aff is None:

@@ -40,7 +40,6 @@ anything is collected, with the estimate and the approximate solvers to use inst
 """
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import torch
@@ -170,14 +169,8 @@ class SemanticCKA(CollectingSimilarity):
         self.psd = psd
         self.layout = layout
         self.matching_options = dict(matching_options)
-        self._progress = True
         super().__init__(sim_model1, sim_model2, device, store_device=store_device,
                          max_memory=max_memory, input_key=input_key, input_fn=input_fn)
-
-    def compute(self, dataloader, dataloader2=None, max_batches=None, progress=True):
-        self._progress = bool(progress)
-        return super().compute(dataloader, dataloader2=dataloader2, max_batches=max_batches,
-                               progress=progress)
 
     def _params(self) -> dict:
         p = {"kernel": self.kernel, "matching": self.matching, "baseline": self.baseline,
@@ -280,14 +273,8 @@ class SemanticCKA(CollectingSimilarity):
         M = rsm_cka_matrix(Ks, Ls, unbiased=self.unbiased, psd=self.psd, device=self.device)
         bad1 = np.where(np.all(np.isnan(M), axis=1))[0]
         bad2 = np.where(np.all(np.isnan(M), axis=0))[0]
-        for i in bad1:
-            msg = (f"{self.sim_model1.model_name}.{self.sim_model1.layers[i]}: RSM constant after "
-                   "centring (or non-positive HSIC); its CKA is NaN")
-            self._notes.append(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=4)
-        for j in bad2:
-            msg = (f"{self.sim_model2.model_name}.{self.sim_model2.layers[j]}: RSM constant after "
-                   "centring (or non-positive HSIC); its CKA is NaN")
-            self._notes.append(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=4)
+        for model, bad in ((self.sim_model1, bad1), (self.sim_model2, bad2)):
+            for i in bad:
+                self._note(f"{model.model_name}.{model.layers[i]}: RSM constant after centring "
+                           "(or non-positive HSIC); its CKA is NaN")
         return M
