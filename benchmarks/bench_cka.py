@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ def make_models():
     return SimilarityModel(r18, "resnet18"), SimilarityModel(r34, "resnet34")
 
 
-def bench_speed(repeats: int) -> dict:
+def bench_speed(repeats: int, torch_cka_path: str | None = None) -> dict:
     s1, s2 = make_models()
     assert len(s1.layers) == 14 and len(s2.layers) == 22, (s1.layers, s2.layers)
     batches = [b for b in DataLoader(RandomImages(512), batch_size=64)]
@@ -77,9 +78,52 @@ def bench_speed(repeats: int) -> dict:
             fn()
             store.append(time.perf_counter() - start)
     ratios = [c / b for c, b in zip(t_cka, t_bare)]
-    return {"bare_forward_s": statistics.median(t_bare), "cka_compute_s": statistics.median(t_cka),
-            "ratio_median": statistics.median(ratios), "ratios": [round(r, 3) for r in ratios],
-            "repeats": repeats}
+    report = {"bare_forward_s": statistics.median(t_bare), "cka_compute_s": statistics.median(t_cka),
+              "ratio_median": statistics.median(ratios), "ratios": [round(r, 3) for r in ratios],
+              "repeats": repeats}
+
+    # Ablation: the same measure with the Gram of every layer formed from centred features
+    # (one more pass over each activation) instead of the cancellation check.
+    from simtorch_semantic.functional import kernels
+    from simtorch_semantic.measures import cka as cka_module
+
+    original = cka_module.streaming_linear_gram
+    cka_module.streaming_linear_gram = lambda X: kernels.linear_gram(X, center=True)
+    try:
+        t_c, t_b = [], []
+        for _ in range(max(1, repeats // 2)):
+            for fn, store in ((bare, t_b), (cka, t_c)):
+                start = time.perf_counter()
+                fn()
+                store.append(time.perf_counter() - start)
+    finally:
+        cka_module.streaming_linear_gram = original
+    report["always_centred_ratio_median"] = statistics.median([c / b for c, b in zip(t_c, t_b)])
+
+    if torch_cka_path:
+        sys.path.insert(0, torch_cka_path)
+        from torch_cka import CKA as TorchCKA  # the published package, for comparison only
+
+        # torch-cka keeps its hooks on the models for good: give it its own copies
+        m1, m2 = make_models()
+        other = TorchCKA(m1.model, m2.model, "r18", "r34", model1_layers=m1.layers,
+                         model2_layers=m2.layers, device="cpu")
+        class _Loader(list):  # torch-cka reads loader.dataset and unpacks (x, *rest) batches
+            dataset = "random"
+
+        loader = _Loader((x,) for x in batches)
+        t_o, t_b = [], []
+        for _ in range(max(1, repeats // 2)):
+            start = time.perf_counter()
+            bare()
+            t_b.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                other.compare(loader)
+            t_o.append(time.perf_counter() - start)
+        report["torch_cka_0.21_ratio_median"] = statistics.median([o / b for o, b in zip(t_o, t_b)])
+    return report
 
 
 def _memory_child(n: int) -> None:
@@ -141,6 +185,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["speed", "memory", "accuracy", "all"], default="all")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--torch-cka-path", help="folder holding the torch_cka package (0.21), to time it "
+                        "on the same batches; e.g. unpack its wheel: pip download --no-deps torch-cka")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -152,7 +198,7 @@ def main():
         report["accuracy"] = bench_accuracy()
         print(json.dumps({"accuracy": report["accuracy"]}), flush=True)
     if args.part in ("speed", "all"):
-        report["speed"] = bench_speed(args.repeats)
+        report["speed"] = bench_speed(args.repeats, args.torch_cka_path)
         print(json.dumps({"speed": report["speed"]}), flush=True)
     if args.part in ("memory", "all"):
         report["memory"] = bench_memory()
