@@ -14,7 +14,7 @@ For every pair, every solver runs on the same matrix, one pair at a time on one 
 table gives objective / optimum (mean and minimum over the pairs), the median wall and CPU time
 per pair, and the ratio of the exact solver's median time to the solver's.
 
-    python3 benchmarks/bench_matching.py        # writes benchmarks/RESULTS_matching.md
+    python3 benchmarks/bench_matching.py        # prints the markdown table (section of RESULTS.md)
     python3 benchmarks/bench_matching.py --pairs 6 3 1 --out /tmp/r.md   # quicker
 """
 from __future__ import annotations
@@ -191,7 +191,7 @@ def main(argv=None):
     ap.add_argument("--pairs", type=int, nargs=3, default=[12, 6, 3],
                     metavar=("N196", "N784", "N3136"),
                     help="pairs of different images per size (default 12 6 3; at most 28)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS_matching.md"))
+    ap.add_argument("--out", default=None, help="also write the markdown table to this file")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     if any(not 1 <= p <= 28 for p in args.pairs):
@@ -207,7 +207,8 @@ def main(argv=None):
     given = list(argv) if argv is not None else sys.argv[1:]
     cmd = " ".join(["python3 benchmarks/bench_matching.py", *given])
     md = markdown(rows, cmd, load_before, os.getloadavg()[0], started, seconds)
-    Path(args.out).write_text(md, encoding="utf-8")
+    if args.out:
+        Path(args.out).write_text(md, encoding="utf-8")
     print(md)
 
 

@@ -7,7 +7,7 @@ Measures, as medians over repeats:
      224 x 224 input, layer2 = 28 x 28 x 128), with and without NMF, and ``payload()``.
 
 Usage: python3 benchmarks/bench_overlay.py [--device cpu] [--repeats 5]
-Figures go to benchmarks/RESULTS_overlay.md (by hand).
+Figures go to benchmarks/RESULTS.md (by hand).
 """
 from __future__ import annotations
 

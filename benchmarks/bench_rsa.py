@@ -11,7 +11,7 @@ procrustes_cca  procrustes_angular / cca / svcca / pwcca on 5000 x 2048 vs 5000 
 accuracy        float32 vs float64 RDM error on data whose mean is 1000x its spread; centred
                 RSA vs linear CKA at n = 2000 (the identity, in float64).
 
-Prints one JSON object; numbers go to benchmarks/RESULTS_rsa.md by hand.
+Prints one JSON object; numbers go to benchmarks/RESULTS.md by hand.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ Solvers (``SOLVERS``):
     runs out first; each phase's assignment is in any case within ``S * eps`` of the optimum,
     eps-complementary slackness). Constant matrices return the identity. On ReLU affinities with
     S = 3136 it reaches 0.9999 of the optimum in a few percent of the exact solver's time; for
-    S below ~300 the exact solver is as fast (benchmarks/RESULTS_matching.md).
+    S below ~300 the exact solver is as fast (benchmarks/RESULTS.md).
 ``"batch_optimal"`` (option ``k``, default 256)
     The Batch-Optimal approximation of Wald et al., "Decoupling Semantic Similarity from Spatial
     Alignment for Neural Networks" (NeurIPS 2024): rows are sorted by the norm of sample A's
@@ -508,7 +508,7 @@ def assignment_objective(affinity, perm):
 
 # Calibration of the exact solver's time (scipy.optimize.linear_sum_assignment on ReLU
 # inner-product affinities of a random-init ResNet-18 on photographs, one thread; CPU time on a
-# 2-core AMD EPYC, see benchmarks/RESULTS_matching.md): about 0.3 s at S = 784 and 27 s at
+# 2-core AMD EPYC, see benchmarks/RESULTS.md): about 0.3 s at S = 784 and 27 s at
 # S = 3136, i.e. t(S) ~= 9e-10 S^3. Random Gaussian matrices are several times faster;
 # structured ReLU affinities (every row prefers the same high-norm columns) are the slow case.
 _EXACT_C3 = 9.0e-10
