@@ -357,3 +357,14 @@ def test_base_is_abstract():
     s1, s2 = models()
     with pytest.raises(NotImplementedError):
         BaseSimilarity(s1, s2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on CI)")
+def test_models_on_different_devices(data):
+    """Model 1 on CUDA, model 2 on the CPU, state on the CPU: inputs follow each model."""
+    s1 = SimilarityModel(Tiny(1), "gpu", layers_to_include=LAYERS, device="cuda")
+    s2 = SimilarityModel(Tiny(2), "cpu", layers_to_include=LAYERS, device="cpu")
+    mixed = CKA(s1, s2, device="cpu").compute(DataLoader(data, batch_size=32), progress=False).matrix
+    c1, c2 = models()
+    ref = CKA(c1, c2).compute(DataLoader(data, batch_size=32), progress=False).matrix
+    np.testing.assert_allclose(mixed, ref, atol=1e-5)
