@@ -1,4 +1,4 @@
-"""notebooks/quickstart.ipynb executes top to bottom offline in a fresh kernel (nbclient)."""
+"""The notebooks execute top to bottom offline in a fresh kernel (nbclient) and show their output."""
 import os
 from pathlib import Path
 
@@ -9,25 +9,40 @@ nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed")
 pytest.importorskip("ipykernel", reason="ipykernel is not installed")
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "notebooks" / "quickstart.ipynb"
 
 
-def test_quickstart_notebook_runs_offline(tmp_path, monkeypatch):
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+def run_notebook(name, tmp_path, monkeypatch):
+    """Execute ``notebooks/<name>`` with ``tmp_path`` as working directory; return its outputs."""
+    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
     # the kernel imports this checkout; proxies that refuse every connection keep it offline
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")      # small models: one thread is fastest here
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")        # small models: one thread is fastest here
+    monkeypatch.delenv("MPLBACKEND", raising=False)   # the kernel shows figures inline
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
+    return outputs
+
+
+def test_quickstart_notebook_runs_offline(tmp_path, monkeypatch):
+    outputs = run_notebook("quickstart.ipynb", tmp_path, monkeypatch)
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 3                                  # samples, heatmap, CKA vs dCKA
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert "exit status 0" in text
     assert "r18_vs_r34.npz" in text
+
+
+def test_overlay_notebook_runs_offline(tmp_path, monkeypatch):
+    outputs = run_notebook("overlay.ipynb", tmp_path, monkeypatch)
+    widgets = [o for o in outputs
+               if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(widgets) >= 2                       # the overlay and the rotation widget
+    assert (tmp_path / "overlay.html").stat().st_size > 100_000
+    assert (tmp_path / "overlay_query.png").exists()
