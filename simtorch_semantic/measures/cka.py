@@ -32,7 +32,7 @@ from ..functional.cka import cka_from_hsic
 from ..functional.dcka import dcka_from_hsic, dcka_hsic_terms, deconfound_gram
 from ..functional.hsic import hsic_all_pairs
 from ..functional.kernels import linear_gram, rbf_gram, streaming_linear_gram
-from .collect import ActivationStore, CollectingSimilarity, available_memory, _fmt_bytes
+from .collect import ActivationStore, CollectingSimilarity
 
 __all__ = ["CKA", "DeltaCKA"]
 
@@ -165,14 +165,7 @@ class CKA(CollectingSimilarity):
     def _check_full_memory(self) -> None:
         n = self._store1.n_samples
         layers = len(self.sim_model1.layers) + len(self.sim_model2.layers) + 1
-        need = 2 * layers * n * n * 8
-        free = available_memory(self.device)
-        if free is not None and need > 0.8 * free:
-            raise MemoryError(
-                f"CKA(estimator='full') needs {layers} Gram matrices of {n} x {n} float64 "
-                f"(~{_fmt_bytes(need)}) but only {_fmt_bytes(free)} is free on {self.device}; "
-                f"{self.memory_hint}"
-            )
+        self._check_result_memory(2 * layers * n * n * 8, f"{layers} Gram matrices of {n} x {n} float64")
 
     def _matrix_from_activations(self, acts1, acts2) -> np.ndarray:
         self._check_full_memory()

@@ -189,6 +189,16 @@ class CollectingSimilarity(BaseSimilarity):
         raise NotImplementedError
 
     # -- helpers for subclasses
+    def _check_result_memory(self, need: int, what: str) -> None:
+        """Raise a MemoryError before a result step that needs ``need`` bytes on ``self.device``
+        (described by ``what``) when that is more than 80% of what is free there."""
+        free = available_memory(self.device)
+        if free is not None and need > 0.8 * free:
+            raise MemoryError(
+                f"{type(self).__name__} needs {what}, about {_fmt_bytes(need)}, but only "
+                f"{_fmt_bytes(free)} is free on {self.device}; {self.memory_hint}"
+            )
+
     def _layer_items(self, acts: dict, model, what: str):
         """``acts.items()`` with a progress bar over layers (for per-layer work in result())."""
         items = list(acts.items())

@@ -24,7 +24,7 @@ from ..functional.rsa import (
     _vector_similarities,
     rdm,
 )
-from .collect import CollectingSimilarity, _fmt_bytes, available_memory
+from .collect import CollectingSimilarity
 
 __all__ = ["RSA"]
 
@@ -81,14 +81,8 @@ class RSA(CollectingSimilarity):
 
     def _check_rdm_memory(self, n: int, layers: int) -> None:
         per = n * n if self.center else n * (n - 1) // 2
-        need = (layers * per + 3 * n * n) * 8
-        free = available_memory(self.device)
-        if free is not None and need > 0.8 * free:
-            raise MemoryError(
-                f"RSA keeps one RDM vector of {per} float64 entries per layer ({layers} layers, "
-                f"n={n} samples): about {_fmt_bytes(need)}, but only {_fmt_bytes(free)} is free on "
-                f"{self.device}; {self.memory_hint}"
-            )
+        self._check_result_memory((layers * per + 3 * n * n) * 8,
+                                  f"one RDM vector of {per} float64 entries per layer ({layers} layers, n={n})")
 
     def _vectors(self, acts: dict, model) -> torch.Tensor:
         """``[L, m]`` float64 vectors of the compared RDM entries, one per layer."""
