@@ -1,6 +1,4 @@
 """Tests for the layer x layer measures RSA, Procrustes and CCA (measures/rsa.py, procrustes.py, cca.py)."""
-import math
-import warnings
 
 import numpy as np
 import pytest
