@@ -37,7 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
-from simtorch_semantic.functional.rsa import _canonical, _check_same_n, _data_matrix
+from simtorch_semantic.functional._validation import check_same_n
+from simtorch_semantic.functional.rsa import _canonical, _data_matrix
 
 __all__ = ["CCA_VARIANTS", "cca", "cca_similarity", "svcca", "pwcca"]
 
@@ -167,7 +168,7 @@ def _prepare(X, Y, epsilon, dims, keep, func):
     _check_options(epsilon, dims, keep, func)
     X = _data_matrix(X, "X")
     Y = _data_matrix(Y, "Y", device=X.device)
-    _check_same_n(X, Y)
+    check_same_n(X, Y)
     bx = _basis(X, "X", float(epsilon), dims, keep)
     by = _basis(Y, "Y", float(epsilon), dims, keep)
     _check_degenerate(bx, by, float(epsilon), func)

@@ -129,9 +129,11 @@ def _check_method(method):
 
 
 def _n_workers(n_workers):
+    """Threads to use: ``n_workers``, or the CPUs this process may run on when None."""
     if n_workers is None:
-        return max(1, os.cpu_count() or 1)
-    if not isinstance(n_workers, (int, np.integer)) or n_workers < 1:
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else (os.cpu_count() or 1))
+    if not isinstance(n_workers, (int, np.integer)) or isinstance(n_workers, bool) or n_workers < 1:
         raise ValueError(f"n_workers must be a positive integer or None, got {n_workers!r}")
     return int(n_workers)
 

@@ -27,7 +27,8 @@ import math
 
 import torch
 
-from simtorch_semantic.functional.rsa import _check_same_n, _data_matrix
+from simtorch_semantic.functional._validation import check_same_n
+from simtorch_semantic.functional.rsa import _data_matrix
 
 __all__ = ["procrustes_disparity", "procrustes_angular", "procrustes_nuclear_norm"]
 
@@ -78,7 +79,7 @@ def _chord2(Xn: torch.Tensor, Yn: torch.Tensor) -> torch.Tensor:
 def _prepare(X, Y):
     X = _data_matrix(X, "X")
     Y = _data_matrix(Y, "Y", device=X.device)
-    _check_same_n(X, Y)
+    check_same_n(X, Y)
     return _normalized(X, "X"), _normalized(Y, "Y")
 
 

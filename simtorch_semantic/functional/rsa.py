@@ -47,7 +47,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from simtorch_semantic.functional._validation import as_matrix, check_same_n
+from simtorch_semantic.functional._validation import as_matrix
 
 __all__ = [
     "RDM_METRICS",
@@ -81,11 +81,6 @@ def _data_matrix(X, name: str, dtype=torch.float64, device=None, min_n: int = 3)
         )
     dev = M.device if device is None else torch.device(device)
     return M.to(device=dev, dtype=dtype)
-
-
-def _check_same_n(X: torch.Tensor, Y: torch.Tensor, names=("X", "Y")) -> None:
-    """Raise a clear error when two data matrices do not have the same number of samples."""
-    check_same_n(X, Y, names)
 
 
 def _canonical(value: str, valid: Sequence[str], what: str, func: str) -> str:

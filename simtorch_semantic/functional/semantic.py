@@ -44,7 +44,6 @@ never below the baseline one (the identity is one of the permutations).
 """
 from __future__ import annotations
 
-import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -52,7 +51,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from simtorch_semantic.functional.matching import SOLVERS, check_exact_feasible, solve_assignment
+from simtorch_semantic.functional._validation import _promote, to_tensor
+from simtorch_semantic.functional.matching import SOLVERS, _n_workers, check_exact_feasible, solve_assignment
 
 __all__ = [
     "KERNELS",
@@ -117,22 +117,8 @@ def _check_sigma(sigma):
 
 
 def _as_tensor(x, name):
-    if isinstance(x, torch.Tensor):
-        t = x.detach()
-    elif isinstance(x, np.ndarray) or np.isscalar(x) or isinstance(x, (list, tuple)):
-        a = np.asarray(x)
-        if a.dtype == object:
-            raise TypeError(f"{name} must be a numeric torch tensor or NumPy array")
-        if a.dtype.byteorder not in ("=", "|"):  # torch needs native byte order
-            a = a.astype(a.dtype.newbyteorder("="))
-        t = torch.from_numpy(np.ascontiguousarray(a))
-    else:
-        raise TypeError(f"{name} must be a torch tensor or NumPy array, got {type(x).__name__}")
-    if t.is_complex():
-        raise TypeError(f"{name} must be real-valued, got dtype {t.dtype}")
-    if t.dtype not in (torch.float32, torch.float64):
-        t = t.to(torch.float32)  # ints, bool, half, bfloat16 -> float32
-    return t
+    """``x`` as a detached tensor in float32 or float64 (ints, bool, half promoted to float32)."""
+    return _promote(to_tensor(x, name), torch.float32)
 
 
 def _check_finite(t, name):
@@ -195,15 +181,6 @@ def _check_pair(xs, ys, names=("x", "y")):
             f"{xs.shape[2]} vs {ys.shape[2]}; both must come from the same layer (or a layer with "
             "the same width)"
         )
-
-
-def _n_workers(n_workers):
-    if n_workers is None:
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                   else (os.cpu_count() or 1))
-    if not isinstance(n_workers, (int, np.integer)) or isinstance(n_workers, bool) or n_workers < 1:
-        raise ValueError(f"n_workers must be a positive integer or None, got {n_workers!r}")
-    return int(n_workers)
 
 
 # ---------------------------------------------------------------------------------------------
