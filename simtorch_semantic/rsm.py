@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import io
 import tempfile
 import warnings
 from pathlib import Path
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from simtorch_semantic.results import atomic_write_bytes
 from simtorch_semantic.functional.matching import check_exact_feasible
 from simtorch_semantic.functional.semantic import (
     _as_nsc,
@@ -188,15 +190,9 @@ def _save(path, key, meta, results):
                     arrays[f"L{li}__{kern}__B{bi}"] = block
             else:
                 arrays[f"L{li}__{kern}"] = val
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _load_cache(path, key, meta):
