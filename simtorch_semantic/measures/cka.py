@@ -135,7 +135,7 @@ class CKA(CollectingSimilarity):
         nonfinite = ~torch.isfinite(grams).flatten(1).all(dim=1)
         return torch.where(nonfinite & (bad < 0), torch.full_like(bad, self._n_batches), bad)
 
-    def _accumulate(self, Ks: torch.Tensor, Ls: torch.Tensor, batch) -> None:
+    def _accumulate(self, Ks: torch.Tensor, Ls: torch.Tensor) -> None:
         if not self._sums_ready:
             self._init_sums(len(Ks), len(Ls))
         xy, xx, yy = hsic_all_pairs(Ks, Ls, unbiased=self.unbiased)
@@ -152,7 +152,7 @@ class CKA(CollectingSimilarity):
             self._init_sums(len(Ks), len(Ls))
         self._bad1 = self._mark_nonfinite(self._bad1, Ks)
         self._bad2 = self._mark_nonfinite(self._bad2, Ls)
-        self._accumulate(Ks, Ls, batch)
+        self._accumulate(Ks, Ls)
 
     # ------------------------------------------------------------------ result
     def _full_grams(self, acts: dict) -> torch.Tensor:
@@ -170,7 +170,7 @@ class CKA(CollectingSimilarity):
     def _matrix_from_activations(self, acts1, acts2) -> np.ndarray:
         self._check_full_memory()
         Ks, Ls = self._full_grams(acts1), self._full_grams(acts2)
-        self._accumulate(Ks, Ls, None)
+        self._accumulate(Ks, Ls)
         return self._finish()
 
     def _compute_matrix(self) -> np.ndarray:
@@ -285,7 +285,7 @@ class DeltaCKA(CKA):
         self._kz = Kz
         super()._update_state(feats1, feats2, batch)
 
-    def _accumulate(self, Ks, Ls, batch) -> None:
+    def _accumulate(self, Ks, Ls) -> None:
         if not self._sums_ready:
             self._init_sums(len(Ks), len(Ls))
         h = dcka_hsic_terms(Ks, Ls, self._kz[0], unbiased=self.unbiased)
@@ -305,7 +305,7 @@ class DeltaCKA(CKA):
         Ks = torch.stack([deconfound_gram(K, Kz, True, self.unbiased) for K in self._full_grams(acts1)])
         Ls = torch.stack([deconfound_gram(L, Kz, True, self.unbiased) for L in self._full_grams(acts2)])
         self._init_sums(len(Ks), len(Ls))
-        CKA._accumulate(self, Ks, Ls, None)
+        CKA._accumulate(self, Ks, Ls)
         return CKA._finish(self)  # plain CKA of the already deconfounded Grams
 
     def _compute_matrix(self) -> np.ndarray:
