@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 __all__ = [
     "active", "rank", "world_size", "init_from_env", "launched_by_torchrun", "shutdown",
     "ShardBatchSampler", "shard_loader", "RankFailedError",
-    "all_reduce", "gather_rows", "gather_batches", "exchange_errors", "check_same",
+    "all_reduce", "barrier", "gather_rows", "gather_batches", "exchange_errors", "check_same",
     "pair_sharding", "share", "fill_pairs",
 ]
 
@@ -258,6 +258,13 @@ def gather_batches(tensor: torch.Tensor, what: str = "gather batches") -> torch.
     for k in range(max(p.shape[0] for p in parts)):
         rows.extend(p[k] for p in parts if k < p.shape[0])
     return torch.stack(rows)
+
+
+def barrier(what: str = "barrier") -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if active():
+        with _collective(what):
+            dist.barrier()
 
 
 def _object_gather(obj, what):

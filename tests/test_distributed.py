@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import traceback
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,10 +26,12 @@ from simtorch_semantic import distributed as sdist
 from simtorch_semantic.measures import CKA, RSA, DeltaCKA, Procrustes, SemanticCKA
 from simtorch_semantic.measures.cka import StreamingCKA
 from simtorch_semantic.model import SimilarityModel
+from simtorch_semantic.functional import semantic as fsemantic
+from simtorch_semantic.rsm import get_or_calculate_RSM
 
 N, BATCH = 52, 8          # 7 batches: 6 of 8 and one of 4 (uneven shards on 2 and 3 ranks)
 STREAMING = ("cka", "rbf_cka", "dcka", "dcka_label", "batch_xy")
-GATHERING = ("full_cka", "full_dcka", "rsa", "procrustes", "semantic")
+GATHERING = ("full_cka", "full_dcka", "rsa", "procrustes", "semantic", "rsm", "cache_files")
 
 
 class Net(nn.Module):
@@ -75,12 +78,23 @@ def models(seed2=2, layers1=None):
             SimilarityModel(Net(seed2), "net2"))
 
 
-def results_scenarios(world):
-    """Every measure over shard_loader(dataset) (plus a DistributedSampler): name -> value."""
+def results_scenarios(world, cache_dir):
+    """Every measure over shard_loader(dataset) (plus a DistributedSampler) and a cached semantic
+    RSM: name -> value."""
+    reps = torch.randn(20, 4, 3, 3, generator=torch.Generator().manual_seed(5))
+    solved = []  # pair problems this rank solves (190 in all)
+    original = fsemantic.solve_assignment
+    fsemantic.solve_assignment = lambda aff, *a, **k: (solved.append(len(aff)), original(aff, *a, **k))[1]
+    try:
+        rsms = get_or_calculate_RSM(cache_dir, {"a": reps}, kernel="rbf", matching="exact",
+                                    n_workers=1, progress=False)
+    finally:
+        fsemantic.solve_assignment = original
+    out = {"rsm": rsms["a"], "cache_files": np.array(len(list(cache_dir.glob("*.npz")))),
+           "pairs_solved": np.array(sum(solved))}
     ds = dataset()
     loader = sdist.shard_loader(ds, BATCH)
     m1, m2 = models()
-    out = {}
     run = lambda measure: measure.compute(loader, progress=False)  # noqa: E731
     res = run(CKA(m1, m2))
     out["cka"], out["n_samples"] = res.matrix, np.array(res.n_samples)
@@ -156,7 +170,7 @@ def _entry(kind, rank, world, init_file, out_dir):
                                          world_size=world, timeout=datetime.timedelta(seconds=90))
     try:
         if kind == "results":
-            values = results_scenarios(world)
+            values = results_scenarios(world, Path(out_dir) / "cache")
             np.savez(os.path.join(out_dir, f"rank{rank}.npz"), **values)
         else:
             errors, after = error_scenarios(world)
@@ -191,11 +205,11 @@ def run_group(tmp_path, kind, world):
 
 
 @pytest.fixture(scope="module")
-def reference():
+def reference(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the ranks: the same summation order in every product
     try:
-        return {k: np.asarray(v) for k, v in results_scenarios(1).items()}
+        return {k: np.asarray(v) for k, v in results_scenarios(1, tmp_path_factory.mktemp("c")).items()}
     finally:
         torch.set_num_threads(threads)
 
@@ -205,6 +219,8 @@ def test_results_equal_one_process(tmp_path, reference, world):
     ranks = run_group(tmp_path, "results", world)
     # DistributedSampler(drop_last=True) keeps the first world * (N // world) samples
     reference = dict(reference, rsa_sampler=reference[f"rsa_first{N - N % world}"])
+    solved = [int(r.pop("pairs_solved")) for r in ranks]
+    assert sum(solved) == int(reference["pairs_solved"]) == 190 and max(solved) < 190, solved
     for name in ranks[0]:
         ref = reference[name]
         values = [r[name] for r in ranks]
@@ -217,7 +233,7 @@ def test_results_equal_one_process(tmp_path, reference, world):
         else:
             assert values[0].shape == ref.shape, name
             np.testing.assert_allclose(values[0], ref, rtol=0, atol=1e-12, err_msg=name)
-    assert int(ranks[0]["n_samples"]) == N
+    assert int(ranks[0]["n_samples"]) == N and int(ranks[0]["cache_files"]) == 1
     assert ranks[0]["batch_xy"].shape[0] == 7  # every batch, in the order one process reads them
 
 

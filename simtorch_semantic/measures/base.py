@@ -460,24 +460,24 @@ class BaseSimilarity:
         self._notes.append(message)
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
-    def _note_constant(self, constant: dict, what: str) -> None:
-        """One note (and one warning) listing every constant layer of both models.
+    def _note_constant(self, constant: list, reason: str) -> None:
+        """One note (and one warning) per run listing every such layer of both models.
 
-        ``constant`` maps a model to its constant layer names; a model compared with itself is
-        listed once. ``what`` says what is undefined (e.g. "its CKA").
+        ``constant``: ``[(SimilarityModel, [layer names that are `reason`])]``, e.g. one entry
+        per side; a model compared with itself is listed once.
         """
-        parts, seen = [], set()
-        for model, layers in constant.items():
+        parts, seen, count = [], set(), 0
+        for model, layers in constant:
             key = (model.model_name, tuple(layers))
             if not layers or key in seen:
                 continue
             seen.add(key)
+            count += len(layers)
             parts.append(f"{', '.join(repr(layer) for layer in layers)} of {model.model_name}")
         if parts:
-            count = sum(len(layers) for (_, layers) in seen)
-            noun = "layer" if count == 1 else "layers"
-            self._note(f"{noun} {'; '.join(parts)} {'is' if count == 1 else 'are'} constant over "
-                       f"the samples (HSIC with itself is 0): {what} is undefined and set to NaN")
+            noun, verb, its = ("layer", "is", "its") if count == 1 else ("layers", "are", "their")
+            self._note(f"{noun} {'; '.join(parts)} {verb} {reason}: {its} {self.name} is "
+                       "undefined and set to NaN")
 
     @staticmethod
     def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:

@@ -134,28 +134,15 @@ class CKA(BaseSimilarity):
     def _matrix_from_terms(self, xy, xx, yy) -> np.ndarray:
         """CKA from summed HSIC terms, with one note listing every constant layer."""
         matrix = cka_from_hsic(xy, xx, yy).cpu().numpy()
-        self._note_constant_layers(xx, yy, _CONSTANT, f"their {self.name}")
+        self._note_constant_layers(xx, yy, _CONSTANT)
         return matrix
 
-    def _note_constant_layers(self, self1, self2, reason, what) -> None:
-        constant = {}
-        for values, model in ((self1, self.sim_model1), (self2, self.sim_model2)):
-            values = values.cpu().numpy()
-            layers = [name for name, v in zip(model.layers, values) if not v > 0]
-            if layers:
-                constant.setdefault(model, []).extend(layers)
-        if not constant:
-            return
-        parts, seen, count = [], set(), 0
-        for model, layers in constant.items():
-            key = (model.model_name, tuple(layers))
-            if key in seen:  # a model compared with itself: list its layers once
-                continue
-            seen.add(key)
-            count += len(layers)
-            parts.append(f"{', '.join(repr(layer) for layer in layers)} of {model.model_name}")
-        noun, verb = ("layer", "is") if count == 1 else ("layers", "are")
-        self._note(f"{noun} {'; '.join(parts)} {verb} {reason}: {what} undefined and set to NaN")
+    def _note_constant_layers(self, self1, self2, reason) -> None:
+        """One note listing the layers of both models whose self-HSIC ``self1 [L1]``,
+        ``self2 [L2]`` is not positive."""
+        constant = [(model, [name for name, v in zip(model.layers, values.cpu().numpy()) if not v > 0])
+                    for values, model in ((self1, self.sim_model1), (self2, self.sim_model2))]
+        self._note_constant(constant, reason)
 
     def _params(self) -> dict:
         params = {"kernel": self.kernel, "estimator": self.estimator, "unbiased": self.unbiased}
@@ -324,7 +311,7 @@ class DeltaCKA(CKA):
         self._note_constant_layers(terms["xx"] - terms["xz"] ** 2 / zz,
                                    terms["yy"] - terms["yz"] ** 2 / zz,
                                    "constant over the samples or explained by the confounder "
-                                   "(residual HSIC with itself is 0)", f"their {self.name}")
+                                   "(residual HSIC with itself is 0)")
         return matrix.cpu().numpy()
 
     def _params(self) -> dict:
