@@ -42,7 +42,6 @@ Many processes: see :mod:`simtorch_semantic.distributed`.
 from __future__ import annotations
 
 import contextlib
-import math
 import numbers
 import warnings
 
@@ -393,9 +392,15 @@ class BaseSimilarity:
         info = {"measure": type(self).__name__, "options": repr(self._params())}
         for side, model in (("model 1", self.sim_model1), ("model 2", self.sim_model2)):
             params = [p.detach() for p in model.model.parameters()]
-            with torch.no_grad():
-                total = sum(float(p.double().sum()) for p in params) if params else 0.0
-                square = sum(float(p.double().square().sum()) for p in params) if params else 0.0
+            total = square = 0.0
+            if params:  # one host read per model
+                by_device = {}
+                with torch.no_grad():
+                    for p in params:
+                        by_device.setdefault(p.device, []).append(
+                            torch.stack([p.double().sum(), p.double().square().sum()]))
+                    sums = sum(torch.stack(v).sum(0).cpu() for v in by_device.values())
+                total, square = (float(v) for v in sums)
             info[f"{side} name"] = model.model_name
             info[f"{side} layers"] = sorted(model.layers)
             info[f"{side} parameter count"] = sum(p.numel() for p in params)
