@@ -144,9 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="'none' (default: random initialisation, seeded by --seed), "
                       "'DEFAULT' (torchvision's pretrained weights; from the torch hub cache, or "
                       "downloaded) or a weights name such as IMAGENET1K_V1")
-    cmp_.add_argument("--n", "--samples", dest="n", type=_positive_int(2), default=256,
-                      metavar="N", help="number of samples (default: 256; under torchrun write "
-                      "--samples, or put -- before compare: torchrun reads --n as its own option)")
+    cmp_.add_argument("--n", type=_positive_int(2), default=256, metavar="N",
+                      help="number of samples (default: 256; under torchrun write --samples N: "
+                      "torchrun takes --n for one of its own options)")
+    cmp_.add_argument("--samples", dest="n", type=_positive_int(2), default=256,
+                      help=argparse.SUPPRESS)     # --n under torchrun
     cmp_.add_argument("--image-size", type=_positive_int(8), default=96, metavar="PX",
                       help="side of the square input images in pixels (default: 96)")
     cmp_.add_argument("--images", default=None, metavar="DIR",
