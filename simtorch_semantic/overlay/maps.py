@@ -129,9 +129,14 @@ def similarity_matrix(Z: torch.Tensor, similarity: Similarity = "cosine", *,
 
 
 def _sq_distances(Z: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances of the rows of ``Z`` ``[M, C] -> [M, M]`` (clamped at 0)."""
+    """Squared Euclidean distances of the rows of ``Z`` ``[M, C] -> [M, M]`` (clamped at 0).
+
+    The diagonal is set to exactly 0 (the expanded form leaves rounding noise there, which
+    would otherwise count as "non-zero" distances in the median bandwidth).
+    """
     sq = (Z * Z).sum(1)
-    return (sq[:, None] + sq[None, :] - 2.0 * (Z @ Z.T)).clamp_min_(0.0)
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * (Z @ Z.T)).clamp_min_(0.0)
+    return d2.fill_diagonal_(0.0)
 
 
 def _median_nonzero(d2: torch.Tensor) -> float:
