@@ -408,8 +408,6 @@ async function render({ model, el }) {
   function update() {
     const on = model.get("layers_on") || [];
     const showNmf = !!model.get("show_nmf") && loadNmf();
-    if (!query) info.textContent = defaultInfo;
-    if (model.get("show_nmf") && !nmfData) info.textContent = "computing the NMF groups in Python\u2026";
     const a = model.get("alpha");
     const lut = luts[model.get("cmap")] || Object.values(luts)[0];
     const perLayer = [];
@@ -477,12 +475,15 @@ async function render({ model, el }) {
       R.row.dataset.self = vals[r].toFixed(3);
     });
     if (chart && query) drawChart(perLayer);
+    let text = defaultInfo;
     if (query) {
       root.dataset.query = `${query.n},${query.fy.toFixed(4)},${query.fx.toFixed(4)}`;
-      info.textContent = `${data.model} \u00b7 ${data.similarity} similarity \u00b7 image ` +
+      text = `${data.model} \u00b7 ${data.similarity} similarity \u00b7 image ` +
         `"${data.images[query.n].name}" at (${query.fy.toFixed(2)}, ${query.fx.toFixed(2)})` +
         (pinned ? " \u00b7 pinned (click to release)" : "");
     }
+    if (model.get("show_nmf") && !nmfData) text += " \u00b7 computing the NMF groups in Python\u2026";
+    info.textContent = text;
   }
 
   for (const key of ["alpha", "cmap", "layers_on", "show_nmf", "nmf"]) {
