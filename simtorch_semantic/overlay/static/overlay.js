@@ -418,36 +418,44 @@ async function render({ model, el }) {
       R.nmfRow.style.display = visible && showNmf ? "" : "none";
       for (const c of R.nmfCells) c.canvas.style.opacity = String(a);
       if (!visible) return;
-      if (!query) { paintScale(R.scale, lut, queryRange ? null : L.lo, L.hi); return; }
+      if (!query) {
+        if (L.scaleCmap !== model.get("cmap")) paintScale(R.scale, lut, queryRange ? null : L.lo, L.hi);
+        L.scaleCmap = model.get("cmap");
+        return;
+      }
       const [i, j] = cellAt(query.fy, query.fx, L.h, L.w);
       const P = L.h * L.w;
       const r = query.n * P + i * L.w + j;
       const vals = L.values;
-      if (L.mode === "sprite") spriteRow(L, r, vals); else featureRow(L, r, vals);
-      let lo = L.lo, hi = L.hi;
-      if (queryRange) {
-        lo = Infinity; hi = -Infinity;
-        for (let c = 0; c < vals.length; c++) { const v = vals[c]; if (v < lo) lo = v; if (v > hi) hi = v; }
-        if (!(hi > lo)) hi = lo + 1;
-      }
-      paintScale(R.scale, lut, lo, hi);
-      const k255 = 255 / (hi - lo);
-      for (let b = 0; b < N; b++) {
-        const c = R.cells[b];
-        const px = c.image.data;
-        const off = b * P;
-        for (let p = 0; p < P; p++) {
-          let t = Math.round((vals[off + p] - lo) * k255);
-          t = 3 * (t < 0 ? 0 : t > 255 ? 255 : t);
-          px[4 * p] = lut[t];
-          px[4 * p + 1] = lut[t + 1];
-          px[4 * p + 2] = lut[t + 2];
-          px[4 * p + 3] = 255;
+      const key = `${r}|${model.get("cmap")}`;
+      if (L.painted !== key) {       // moving within one cell repaints nothing
+        L.painted = key;
+        if (L.mode === "sprite") spriteRow(L, r, vals); else featureRow(L, r, vals);
+        let lo = L.lo, hi = L.hi;
+        if (queryRange) {
+          lo = Infinity; hi = -Infinity;
+          for (let c = 0; c < vals.length; c++) { const v = vals[c]; if (v < lo) lo = v; if (v > hi) hi = v; }
+          if (!(hi > lo)) hi = lo + 1;
         }
-        c.ctx.putImageData(c.image, 0, 0);
-        c.canvas.style.opacity = String(a);
-        c.canvas.dataset.query = `${query.n},${i},${j}`;
+        paintScale(R.scale, lut, lo, hi);
+        const k255 = 255 / (hi - lo);
+        for (let b = 0; b < N; b++) {
+          const c = R.cells[b];
+          const px = c.image.data;
+          const off = b * P;
+          for (let p = 0; p < P; p++) {
+            let t = Math.round((vals[off + p] - lo) * k255);
+            t = 3 * (t < 0 ? 0 : t > 255 ? 255 : t);
+            px[4 * p] = lut[t];
+            px[4 * p + 1] = lut[t + 1];
+            px[4 * p + 2] = lut[t + 2];
+            px[4 * p + 3] = 255;
+          }
+          c.ctx.putImageData(c.image, 0, 0);
+          c.canvas.dataset.query = `${query.n},${i},${j}`;
+        }
       }
+      for (const c of R.cells) c.canvas.style.opacity = String(a);
       let orig = -1;
       if (sens) {
         const S = sens.layers[L.name];
