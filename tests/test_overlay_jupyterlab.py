@@ -149,11 +149,17 @@ def test_overlay_notebook_runs_and_reacts_to_hover_in_jupyterlab(lab, tmp_path):
                                    " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel",
                                    timeout=120_000)
             page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            # the last cell prints the path and size of the standalone HTML file
-            last = page.locator(".jp-Cell").last.locator(".jp-OutputArea-output")
-            last.filter(has_text="overlay.html").wait_for(timeout=420_000)
+            # done when the last cell prints the HTML file's path; stop early on a traceback
+            state = page.wait_for_function(
+                """() => {
+                  const outs = Array.from(document.querySelectorAll('.jp-OutputArea-output'));
+                  if (outs.some((o) => /Traceback|Error:/.test(o.innerText))) return 'error';
+                  const cells = document.querySelectorAll('.jp-Cell');
+                  const last = cells[cells.length - 1];
+                  return last && last.innerText.includes('overlay.html') ? 'done' : false;
+                }""", timeout=420_000, polling=1000).json_value()
             outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
-            assert not [t for t in outputs if "Traceback" in t or "Error:" in t], outputs
+            assert state == "done", "\n".join(outputs)[-4000:]
             assert (work / "overlay.html").stat().st_size < 4_000_000
 
             page.wait_for_selector(OV, timeout=60_000)
