@@ -115,19 +115,35 @@ function decodeFeatures(L, M) {
     const nb = b64bytes(L.norms);
     norms = new Float32Array(nb.buffer, nb.byteOffset, M);
   }
-  return { feat, inv, norms };
+  return { feat, inv, norms, nzIdx: new Int32Array(d), nzVal: new Float64Array(d) };
 }
 
-// Similarity of row r to every row (features mode) into out [M].
+// Similarity of row r to every row (features mode) into out [M]. After a ReLU many of the
+// query's codes are 0: then only its non-zero components are visited (int8 sums are exact
+// integers, so the order does not change the result).
 function featureRow(L, r, out) {
-  const { feat, inv } = L.dec;
+  const { feat, inv, nzIdx, nzVal } = L.dec;
   const d = L.d, M = out.length;
-  const q = feat.subarray(r * d, r * d + d);
   const ir = inv[r];
-  for (let c = 0, k = 0; c < M; c++) {
-    let s = 0;
-    for (let t = 0; t < d; t++, k++) s += q[t] * feat[k];
-    out[c] = s * ir * inv[c];
+  let nnz = 0;
+  for (let t = 0; t < d; t++) {
+    const v = feat[r * d + t];
+    if (v !== 0) { nzIdx[nnz] = t; nzVal[nnz] = v; nnz++; }
+  }
+  if (nnz < 0.75 * d) {
+    for (let c = 0; c < M; c++) {
+      let s = 0;
+      const b = c * d;
+      for (let u = 0; u < nnz; u++) s += nzVal[u] * feat[b + nzIdx[u]];
+      out[c] = s * ir * inv[c];
+    }
+  } else {
+    const q = feat.subarray(r * d, r * d + d);
+    for (let c = 0, k = 0; c < M; c++) {
+      let s = 0;
+      for (let t = 0; t < d; t++, k++) s += q[t] * feat[k];
+      out[c] = s * ir * inv[c];
+    }
   }
   if (L.similarity === "ip" || L.similarity === "rbf") {
     const n = L.dec.norms, nr = n[r];
