@@ -42,6 +42,7 @@ setup(
             "nbformat",
             "nbclient",
             "ipykernel",
+            "jupyterlab",
         ],
     },
     entry_points={"console_scripts": ["simtorch-semantic=simtorch_semantic.cli:main"]},
