@@ -30,6 +30,7 @@ setup(
     ],
     extras_require={
         "overlay": ["anywidget", "scikit-learn", "pillow"],
+        "docs": ["mkdocs", "mkdocs-material", "mkdocstrings[python]"],
         "test": [
             "pytest",
             "hypothesis",
@@ -43,8 +44,12 @@ setup(
             "nbclient",
             "ipykernel",
             "jupyterlab",
+            "mkdocs",
+            "mkdocs-material",
+            "mkdocstrings[python]",
         ],
     },
+    project_urls={"Documentation": "docs/index.md"},
     entry_points={"console_scripts": ["simtorch-semantic=simtorch_semantic.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -46,6 +46,8 @@ class CCA(CollectingSimilarity):
     store_device, max_memory :
         Where the activations are kept and how many bytes they may take (see CollectingSimilarity).
 
+    Notes
+    -----
     Similarities are in [0, 1], higher is more similar. A layer whose samples are all identical
     gives NaN (with a note in the result).
     """

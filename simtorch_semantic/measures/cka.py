@@ -81,6 +81,8 @@ class CKA(BaseSimilarity):
     store_device, max_memory :
         For ``estimator="full"``: where activations are kept and how many bytes they may take.
 
+    Notes
+    -----
     ``compute(loader)`` returns a :class:`~simtorch_semantic.results.SimilarityResult` whose
     ``[i, j]`` entry is CKA(layer i of model 1, layer j of model 2).
     """

@@ -36,6 +36,8 @@ class Procrustes(CollectingSimilarity):
     store_device, max_memory :
         Where the activations are kept and how many bytes they may take (see CollectingSimilarity).
 
+    Notes
+    -----
     Lower is more similar (``result.higher_is_similar`` is False). A layer whose samples are all
     identical has no shape: its distances are NaN and a note in the result names it.
     """

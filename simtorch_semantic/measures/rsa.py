@@ -50,6 +50,8 @@ class RSA(CollectingSimilarity):
     store_device, max_memory :
         Where the activations are kept and how many bytes they may take (see CollectingSimilarity).
 
+    Notes
+    -----
     The result's ``[i, j]`` entry is ``compare_rdms(rdm(layer i of model 1), rdm(layer j of model 2))``;
     higher is more similar. A layer with constant patterns (``pearson``) or all-zero patterns has
     NaN RDM entries; its similarities are NaN and a note in the result names it.

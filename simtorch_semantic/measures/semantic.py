@@ -134,6 +134,8 @@ class SemanticCKA(CollectingSimilarity):
     store_device, max_memory, input_key, input_fn :
         See :class:`CollectingSimilarity` / :class:`BaseSimilarity`.
 
+    Notes
+    -----
     ``result().notes`` lists the layers that fell back to the baseline RSM and the indefinite
     ones.
     """
