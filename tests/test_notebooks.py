@@ -49,3 +49,13 @@ def test_overlay_notebook_runs_offline(tmp_path, monkeypatch):
     # the saved widget state grows linearly with the patches (27 MB when it held every map)
     assert (tmp_path / "executed_overlay.ipynb").stat().st_size < 6_000_000
     assert (tmp_path / "overlay_query.png").exists()
+
+
+def test_semantic_notebook_runs_offline(tmp_path, monkeypatch):
+    outputs = run_notebook("semantic.ipynb", tmp_path, monkeypatch)
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 2                                  # the shifted images, the two heatmaps
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert "retrieval" in text and "diagonal, semantic" in text
+    assert "of exact" in text                                # the solver comparison ran
+    assert "ValueError: exact matching of" in text           # the cost check refused the plan
