@@ -59,3 +59,14 @@ def test_semantic_notebook_runs_offline(tmp_path, monkeypatch):
     assert "retrieval" in text and "diagonal, semantic" in text
     assert "of exact" in text                                # the solver comparison ran
     assert "ValueError: exact matching of" in text           # the cost check refused the plan
+
+
+def test_stored_activations_notebook_runs_offline(tmp_path, monkeypatch):
+    outputs = run_notebook("stored_activations.ipynb", tmp_path, monkeypatch)
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 3                                  # RDMs, RDM comparison, RSA matrix
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    # the three RSA <-> CKA identities hold to rounding: the printed differences are tiny
+    rows = [line.split() for line in text.splitlines() if line.split()[:2][-1:] == ["RDMs"]]
+    assert len(rows) == 3, text
+    assert all(float(row[-1]) < 1e-9 for row in rows), rows
