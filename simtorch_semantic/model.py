@@ -82,9 +82,9 @@ A 3-D output is a token sequence, ``[n, T, D]`` (batch first: Hugging Face, timm
 ViT) or ``[T, n, D]`` (sequence first: ``nn.MultiheadAttention``/``nn.Transformer*`` with
 ``batch_first=False``). The layout is read from the module's (or its first submodule's)
 ``batch_first`` attribute when it has one, and otherwise from the shape: the axis whose size is
-the batch size ``n`` (and whose other axis matches the attention mask's length ``T``); batch first
-wins a tie. It is fixed per layer at the first capture. Sequence-first outputs are transposed to
-``[n, T, D]`` before anything else, so measures always see samples first.
+the batch size ``n``; batch first wins a tie (``T == n``). It is fixed per layer at the first
+capture. Sequence-first outputs are transposed to ``[n, T, D]`` before anything else, so measures
+always see samples first.
 
 ``token_reduction`` (per model, or a dict ``{layer name or glob: reduction}`` per layer, other
 layers ``"auto"``) turns ``[n, T, D]`` into what the measures see:
@@ -105,13 +105,16 @@ layers ``"auto"``) turns ``[n, T, D]`` into what the measures see:
   compared position by position, like conv maps). Outputs that are not 3-D (conv maps, Swin's
   ``[n, H, W, C]``, pooled ``[n, D]``) are never reduced.
 
-Padding. The attention mask ``[n, T]`` (1 = real token, 0 = padding) is ``inputs["attention_mask"]``
-for dict inputs (another key with ``attention_mask="key"``, or ``attention_mask=callable(inputs) ->
-mask``; ``attention_mask=None`` ignores masks). Every reduction uses only valid tokens (first and
-last work for left and right padding), so adding padding never changes a value: the model's own
-outputs at real tokens do not depend on padding (for a causal model padded on the left, pass
-``position_ids`` too). Without a mask every token is valid. Reductions other than ``"flatten"``
-and ``"first"``/``"last"``/``"tokens"`` gather values; ``"mean"`` computes in at least float32.
+Padding. The attention mask ``[n, T]`` (1 = real token, 0 = padding) is
+``inputs["attention_mask"]`` for dict inputs (another key with ``attention_mask="key"``, or
+``attention_mask=callable(inputs) -> mask``; ``attention_mask=None`` ignores masks). Every
+reduction uses only valid tokens (``"first"`` and ``"last"`` work for left and right padding), so
+adding padding never changes a value, as long as the model's own outputs at real tokens do not
+depend on padding (true with the mask passed to the model; a causal model padded on the left also
+needs ``position_ids``). Without a mask every token is valid. ``"first"``/``"last"``/``"tokens"``
+gather values in the output's dtype; ``"mean"`` computes in at least float32. A mask whose length
+differs from a layer's token count is an error for that layer (broad layers are dropped, see
+above). A sequence without any valid token is an error (checked when the mask is on the CPU).
 
 Devices and precision. ``device=None`` leaves the model where it is (e.g. a Hugging Face model
 dispatched over several GPUs with ``device_map``; moving it is refused with an error); inputs
@@ -376,9 +379,10 @@ class SimilarityModel:
         >>> sm = SimilarityModel(torchvision.models.resnet18(weights=None), "resnet18",
         ...                      layers_to_include=["conv1", "layer*.?", torch.nn.Linear])
         >>> feats = sm.capture(torch.randn(2, 3, 32, 32))   # {"conv1": [2, 64, 16, 16], ...}
-        >>> from transformers import BertConfig, BertModel    # doctest: +SKIP
-        >>> bert = SimilarityModel(BertModel(BertConfig(num_hidden_layers=2)))   # +SKIP
-        >>> bert.capture({"input_ids": ids, "attention_mask": mask})  # {"encoder.layer.0": [n, D], ...}
+        >>> from transformers import AutoModel                # doctest: +SKIP
+        >>> bert = SimilarityModel(AutoModel.from_pretrained("bert-base-uncased"))  # +SKIP
+        >>> bert.capture({"input_ids": ids, "attention_mask": mask})   # +SKIP
+        {"embeddings": [n, 768], "encoder.layer.0": [n, 768], ...}     # mean over valid tokens
     """
 
     def __init__(self, model, model_name=None, layers_to_include=None, device="cpu",
@@ -576,9 +580,9 @@ class SimilarityModel:
         """``"batch_first"``/``"sequence_first"`` for a 3-D output, or None when neither fits."""
         if name in self._layouts:
             return self._layouts[name]
-        n, T = ctx.n, ctx.T
-        fits_batch = (n is None or x.shape[0] == n) and (T is None or x.shape[1] == T)
-        fits_seq = n is not None and x.shape[1] == n and (T is None or x.shape[0] == T)
+        n = ctx.n
+        fits_batch = n is None or x.shape[0] == n
+        fits_seq = n is not None and x.shape[1] == n
         flag = _batch_first_attr(module)
         if flag is True:
             return "batch_first" if fits_batch else None
@@ -606,9 +610,8 @@ class SimilarityModel:
             return x, None
         layout = self._layout(name, module, x, ctx)
         if layout is None:
-            where = f"n={n}" + ("" if ctx.T is None else f" and T={ctx.T} (the attention mask)")
-            return None, (f"its output {_shape(x)} is neither [n, T, D] nor [T, n, D] for "
-                          f"{where}")
+            return None, (f"its output {_shape(x)} has no batch dimension of size {n} (neither "
+                          "[n, T, D] nor [T, n, D])")
         if layout == "sequence_first":
             x = x.transpose(0, 1)
         mask = ctx.mask_on(x.device)
@@ -810,8 +813,8 @@ class SimilarityModel:
                     f"no selected layer of {self.model_name} gives a usable output: {why}; "
                     "select other layers (see SimilarityModel.available_layers())")
             warnings.warn(
-                f"{kind} layers {list(dropped)} of {self.model_name} are dropped from the "
-                f"selection: {why}. Name a layer exactly to get an error instead",
+                f"{kind} layers dropped from the selection of {self.model_name}: {why}. Name a "
+                "layer exactly to get an error instead",
                 stacklevel=3,
             )
         self.layers = kept
