@@ -96,7 +96,8 @@ layers ``"auto"``) turns ``[n, T, D]`` into what the measures see:
 * ``"tokens"``: ``[n_valid, D]``, every valid token is a sample, for token-level comparisons where
   both models see the same tokens (same tokenizer); both models must give the same number of
   tokens, which :class:`~simtorch_semantic.measures.base.BaseSimilarity` checks per batch. Every
-  layer of a model must then be a token sequence (broad layers that are not are dropped);
+  layer of a model must then be a token sequence (broad layers that are not are dropped). The
+  row count depends on the mask, so on CUDA this costs one host sync per layer and batch;
 * ``"flatten"``: ``[n, T, D]`` unchanged (measures flatten it to ``T*D`` features, or treat the
   ``T`` tokens as positions, as for conv maps), padded tokens set to 0. Comparable only between
   sequences of one fixed length (image patches); padding changes ``T``;
