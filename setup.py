@@ -42,6 +42,7 @@ setup(
             "nbformat",
             "nbclient",
             "ipykernel",
+            "jupyterlab",
             "transformers",
             "timm",
             "tokenizers",
