@@ -90,3 +90,11 @@ def test_mkdocs_config_lists_every_page():
     on_disk = {str(p.relative_to(REPO / "docs")) for p in (REPO / "docs").rglob("*.md")}
     assert on_disk <= listed, f"pages missing from mkdocs.yml's nav: {sorted(on_disk - listed)}"
     assert listed <= on_disk, f"nav entries without a page: {sorted(listed - on_disk)}"
+
+
+def test_readme_and_package_metadata_point_to_the_docs():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "(docs/index.md)" in readme
+    setup_py = (REPO / "setup.py").read_text(encoding="utf-8")
+    assert '"Documentation": "docs/index.md"' in setup_py
+    assert (REPO / "docs" / "index.md").is_file()
