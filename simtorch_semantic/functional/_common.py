@@ -16,6 +16,7 @@ from ._validation import as_matrix, check_same_n
 
 __all__ = ["matrix", "matrix_pair", "choice", "check_int", "check_real", "spectral_basis",
            "reduced_factor", "similarity_matrix", "topk_neighbors", "check_nonzero_rows", "check_k",
+           "check_not_constant", "input_eps",
            "NEIGHBOR_METRICS"]
 
 #: how kNN measures compare samples: cosine similarity (ReSi's and Huh et al.'s default) or
@@ -23,22 +24,26 @@ __all__ = ["matrix", "matrix_pair", "choice", "check_int", "check_real", "spectr
 NEIGHBOR_METRICS = ("cosine", "euclidean")
 
 
-def matrix(X, name: str = "X", min_n: int = 2, device=None) -> torch.Tensor:
-    """Validate ``X [n, ...]`` and return it as a float64 tensor ``[n, d]`` (on ``device`` if given,
-    else on ``X``'s device). Raises ``ValueError`` naming ``name`` for fewer than ``min_n`` samples
+def matrix(X, name: str = "X", min_n: int = 2, device=None,
+           dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
+    """Validate ``X [n, ...]`` and return it as a tensor ``[n, d]`` in ``dtype`` (float64 by
+    default; ``None`` keeps the validated precision, at least float32), on ``device`` if given,
+    else on ``X``'s device. Raises ``ValueError`` naming ``name`` for fewer than ``min_n`` samples
     (and everything :func:`~simtorch_semantic.functional._validation.as_matrix` rejects)."""
     M = as_matrix(X, name=name)
     if M.shape[0] < min_n:
         raise ValueError(
             f"{name} has n={M.shape[0]} samples; this measure needs at least {min_n} (pass an "
             f"array of shape [n, ...] with n >= {min_n} samples in the first dimension).")
-    return M.to(device=M.device if device is None else device, dtype=torch.float64)
+    return M.to(device=M.device if device is None else device, dtype=dtype or M.dtype)
 
 
 def matrix_pair(X, Y, min_n: int = 2, equal_widths: bool = False):
-    """Validate both inputs: float64 ``[n, p1]`` and ``[n, p2]`` on ``X``'s device, same ``n``."""
-    A = matrix(X, "X", min_n)
-    B = matrix(Y, "Y", min_n, device=A.device)
+    """Validate both inputs: ``[n, p1]`` and ``[n, p2]`` tensors on ``X``'s device with the same
+    ``n``, each in its own precision (at least float32); the ``*_prepare`` functions convert to
+    float64 and read the input precision from the dtype (see :func:`input_eps`)."""
+    A = matrix(X, "X", min_n, dtype=None)
+    B = matrix(Y, "Y", min_n, device=A.device, dtype=None)
     check_same_n(A, B)
     if equal_widths and A.shape[1] != B.shape[1]:
         raise ValueError(
@@ -46,6 +51,20 @@ def matrix_pair(X, Y, min_n: int = 2, equal_widths: bool = False):
             "same features in both and needs equal widths. Reduce both to the same number of "
             "features first (e.g. the top principal components).")
     return A, B
+
+
+def input_eps(X) -> float:
+    """Machine epsilon of ``X``'s floating dtype (0 for integer/bool input, which is exact)."""
+    dt = getattr(X, "dtype", None)
+    if isinstance(dt, torch.dtype):
+        return torch.finfo(dt).eps if dt.is_floating_point else 0.0
+    try:
+        import numpy as np
+
+        dt = np.asarray(X).dtype
+        return float(np.finfo(dt).eps) if dt.kind == "f" else 0.0
+    except (TypeError, ValueError):  # pragma: no cover - validation rejects these later
+        return 0.0
 
 
 def choice(value, valid: Sequence[str], what: str, where: str) -> str:
@@ -85,11 +104,13 @@ def check_real(value, name: str, where: str, low: float | None = None, high: flo
     return value
 
 
-def spectral_basis(Xc: torch.Tensor):
+def spectral_basis(Xc: torch.Tensor, eps_in: float = 0.0):
     """Thin SVD of a (centred) matrix ``Xc [n, p]`` through the smaller Gram matrix.
 
     Returns ``(U [n, r], s [r])``, ``s`` descending, ``Xc = U diag(s) V^T``, keeping the ``r``
-    singular values with ``s^2 > s_max^2 * max(n, p) * eps`` (float64 ``eps``): the numerical rank.
+    singular values above ``s_max * max(sqrt(m * eps64), m * eps_in)``, ``m = max(n, p)``: the
+    numerical rank, at the resolution of the Gram matrix (``sqrt(eps64)``) or of the input's own
+    precision ``eps_in`` (float32 input: rounding noise is not counted as rank).
     The eigendecomposition of ``Xc^T Xc`` (``p <= n``) or ``Xc Xc^T`` (``p > n``) costs one matrix
     product plus an eigensolver of size ``min(n, p)``, a few times less than an SVD of ``Xc``.
     """
@@ -100,7 +121,9 @@ def spectral_basis(Xc: torch.Tensor):
         lam, U = torch.linalg.eigh(Xc @ Xc.T)
     lam = lam.flip(0)
     top = lam[:1].clamp(min=0.0)
-    keep = lam > top * max(n, p) * torch.finfo(torch.float64).eps
+    m = max(n, p)
+    rel = max(m * torch.finfo(torch.float64).eps, (m * eps_in) ** 2)
+    keep = lam > top * rel
     r = int(keep.sum())
     s = lam[:r].sqrt()
     if p <= n:
@@ -147,6 +170,16 @@ def check_nonzero_rows(X: torch.Tensor, name: str, where: str) -> None:
         raise ValueError(
             f"{where}: rows {rows} of {name} are all zeros, so their cosine similarity is "
             "undefined; drop those samples or use metric='euclidean'.")
+
+
+def check_not_constant(X: torch.Tensor, name: str, where: str) -> None:
+    """Raise ``ValueError`` when all rows of ``X`` are identical (every distance is 0, so the
+    nearest neighbours or the shape of ``X`` are undefined)."""
+    if bool((X == X[:1]).all()):
+        raise ValueError(
+            f"{where}: {name} has all {X.shape[0]} samples identical (a constant representation), "
+            "so its neighbourhoods are undefined; drop constant layers or pass activations that "
+            "differ between samples.")
 
 
 def topk_neighbors(S: torch.Tensor, k: int) -> torch.Tensor:

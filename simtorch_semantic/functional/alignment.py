@@ -15,7 +15,8 @@ nuclear norm (sum of singular values). Where widths differ, the narrower matrix 
   samples. Hard: the mean of ``C`` over the one-to-one matching of ``min(p1, p2)`` neurons that
   maximises its sum (``scipy.optimize.linear_sum_assignment``). Soft: each neuron takes its best
   partner, ``(mean_i max_j C + mean_j max_i C) / 2``. Constant neurons have no correlation: they
-  count as correlation 0, with one ``RuntimeWarning``.
+  count as correlation 0, with one ``RuntimeWarning``; when every neuron of an input is constant
+  the measure is NaN (one warning).
 * **Linear regression** (predictability; Kornblith et al. 2019, ICML; ReSi): the ``R^2`` of the
   least-squares fit of ``Xc`` from ``Yc``, ``||P_Y Xc||_F^2 / ||Xc||_F^2`` with ``P_Y`` the
   orthogonal projection onto the column space of ``Yc``. ReSi reports this one direction
@@ -56,7 +57,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._common import check_real, choice, matrix, matrix_pair, reduced_factor, spectral_basis
+from ._common import (check_real, choice, input_eps, matrix, matrix_pair, reduced_factor,
+                      spectral_basis)
 
 __all__ = [
     "aligned_cosine", "aligned_cosine_prepare", "aligned_cosine_score",
@@ -164,6 +166,10 @@ def correlation_match_score(px: CorrelationPrepared, py: CorrelationPrepared, mo
     mode = choice(mode, CORRELATION_MATCH_MODES, "mode", "correlation_match")
     _same_n(px.Z, py.Z)
     const = px.constant + py.constant
+    if px.constant == px.Z.shape[1] or py.constant == py.Z.shape[1]:
+        warnings.warn("correlation_match: every neuron of X or of Y is constant over the samples, "
+                      "so no correlation is defined; returning NaN.", RuntimeWarning, stacklevel=3)
+        return math.nan
     if const:
         warnings.warn(f"correlation_match: {const} neuron(s) are constant over the samples and "
                       "have no correlation; they count as correlation 0.", RuntimeWarning,
@@ -222,7 +228,7 @@ class RegressionPrepared:
 def _centred_basis(X, where: str, name: str = "X"):
     A = matrix(X, name, min_n=3)
     Ac = A - A.mean(dim=0, keepdim=True)
-    U, s = spectral_basis(Ac)
+    U, s = spectral_basis(Ac, input_eps(X))
     if s.numel() == 0:
         raise ValueError(f"{where}: {name} has all samples identical (zero variance after centring); "
                          "the measure is undefined. Pass activations that differ between samples.")
@@ -289,16 +295,18 @@ def permutation_procrustes_score(px: torch.Tensor, py: torch.Tensor, **_options)
     rows_t = torch.as_tensor(rows, device=px.device)
     cols_t = torch.as_tensor(cols, device=px.device)
     # residual evaluated directly (no cancellation): matched columns, plus unmatched ones vs 0
-    matched = (px[:, rows_t] - py[:, cols_t]).square().sum()
-    total = matched + px.square().sum() - px[:, rows_t].square().sum() \
-        + py.square().sum() - py[:, cols_t].square().sum()
-    return float(total.clamp(min=0.0).sqrt())
+    total = (px[:, rows_t] - py[:, cols_t]).square().sum()
+    for A, used in ((px, rows_t), (py, cols_t)):
+        rest = torch.ones(A.shape[1], dtype=torch.bool, device=A.device)
+        rest[used] = False
+        total = total + A[:, rest].square().sum()
+    return float(total.sqrt())
 
 
 def permutation_procrustes(X, Y) -> float:
     """Permutation Procrustes distance of ``X [n, ...]`` and ``Y [n, ...]`` (>= 0, see module)."""
     A, B = matrix_pair(X, Y)
-    return permutation_procrustes_score(A, B)
+    return permutation_procrustes_score(A.double(), B.double())
 
 
 # --------------------------------------------------------------------------- size-and-shape

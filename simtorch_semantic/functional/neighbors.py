@@ -27,6 +27,9 @@ Euclidean distance (``metric="euclidean"``). ``r_X(i, j) in {1..k}`` is the rank
   cosine similarity of the rows (``vectors="similarity"``, the paper's definition); ReSi's code
   compares cosine *distances* ``1 - s`` (``vectors="distance"``). In [-1, 1].
 
+A constant representation (all samples identical) has no neighbourhoods: every function raises a
+``ValueError`` for it, as for ``k > n - 1``.
+
 Cost: one ``[n, n]`` similarity matrix (one matrix product) and one top-k per representation; the
 comparisons are ``O(n k^2)`` or ``O(n^2)`` elementwise, with no Python loop over samples. Ties in
 the similarity are broken by ``torch.topk`` (the lower index is not guaranteed to win), so inputs
@@ -42,8 +45,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ._common import (NEIGHBOR_METRICS, check_k, check_nonzero_rows, choice, matrix, matrix_pair,
-                      similarity_matrix, topk_neighbors)
+from ._common import (NEIGHBOR_METRICS, check_k, check_nonzero_rows, check_not_constant, choice,
+                      matrix, matrix_pair, similarity_matrix, topk_neighbors)
 
 __all__ = [
     "KNNGraph", "knn_prepare",
@@ -76,6 +79,7 @@ def _graph(X, k, metric, where, keep_matrix=False, name="X") -> KNNGraph:
     metric = choice(metric, NEIGHBOR_METRICS, "metric", where)
     A = matrix(X, name, min_n=2)
     k = check_k(k, A.shape[0], where)
+    check_not_constant(A, name, where)
     if metric == "cosine":
         check_nonzero_rows(A, name, where)
     S = similarity_matrix(A, metric)
@@ -201,6 +205,7 @@ def cknna_prepare(X, k: int = 10, normalize: bool = True, **_options) -> KNNGrap
         raise ValueError(f"cknna: normalize must be True or False, got {normalize!r}.")
     A = matrix(X, "X", min_n=2)
     k = check_k(k, A.shape[0], "cknna")
+    check_not_constant(A, "X", "cknna")
     if normalize:
         check_nonzero_rows(A, "X", "cknna")
         A = A / torch.linalg.vector_norm(A, dim=1, keepdim=True)

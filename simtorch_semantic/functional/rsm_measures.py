@@ -38,7 +38,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ._common import check_real, matrix, matrix_pair, spectral_basis
+from ._common import check_real, input_eps, matrix, matrix_pair, spectral_basis
 from .rsa import rdm
 
 __all__ = [
@@ -162,7 +162,7 @@ def distance_correlation(X, Y) -> float:
 def eigenspace_overlap_prepare(X, **_options) -> torch.Tensor:
     """Orthonormal basis ``U [n, r]`` of the column space of ``X [n, ...]`` (numerical rank r)."""
     A = matrix(X, "X")
-    U, s = spectral_basis(A)
+    U, s = spectral_basis(A, input_eps(X))
     if s.numel() == 0:
         raise ValueError("eigenspace_overlap: X is all zeros, so it has no column space; pass a "
                          "non-zero representation.")
@@ -195,7 +195,7 @@ def gulp_prepare(X, lmbda: float = 0.0, **_options) -> GULPPrepared:
     lmbda = check_real(lmbda, "lmbda", "gulp", 0.0)
     A = matrix(X, "X", min_n=3)
     Ac = A - A.mean(dim=0, keepdim=True)
-    U, s = spectral_basis(Ac)
+    U, s = spectral_basis(Ac, input_eps(X))
     if s.numel() == 0:
         raise ValueError("gulp: X has all samples identical (zero variance after centring); GULP "
                          "is undefined. Pass activations that differ between samples.")

@@ -24,6 +24,7 @@ r"""Topological measures: compare the shape of the point clouds ``X [n, p1]`` an
   PyPI, CPU). The authors' code runs ripser++ on a GPU; this implementation runs on the CPU only,
   so ``batch = 500`` (``1000`` points in the filtration) takes seconds to minutes per pair.
 
+A constant input (all samples identical) has no shape: both raise a ``ValueError`` for it.
 Both are distances (0 for identical inputs), symmetric, and invariant to translation, orthogonal
 maps, isotropic scaling and permutations of the features (they depend on distance ratios only).
 """
@@ -34,7 +35,8 @@ import math
 import numpy as np
 import torch
 
-from ._common import check_int, choice, matrix, matrix_pair, similarity_matrix, topk_neighbors
+from ._common import (check_int, check_not_constant, choice, matrix, matrix_pair, similarity_matrix,
+                      topk_neighbors)
 
 __all__ = [
     "IMD_METHODS", "heat_trace", "imd", "imd_prepare", "imd_score",
@@ -96,6 +98,7 @@ def heat_trace(X, k: int = 5, method: str = "exact", steps: int = 10, probes: in
     if k > n - 1:
         raise ValueError(f"imd: k={k} neighbours need at least k + 1 = {k + 1} samples, got n={n}; "
                          f"pass k <= {n - 1} or more samples.")
+    check_not_constant(A, "X", "imd")
     L = _knn_laplacian(A, k)
     ts = torch.as_tensor(_IMD_TIMES, dtype=torch.float64, device=A.device)
     if method == "exact":
@@ -167,7 +170,9 @@ def rtd(X, Y, trials: int = 10, batch: int = 500, seed: int = 0) -> float:
     trials = check_int(trials, "trials", "rtd")
     batch = check_int(batch, "batch", "rtd", low=3)
     seed = check_int(seed, "seed", "rtd", low=0)
-    A, B = matrix_pair(X, Y, min_n=3)
+    A, B = (M.double() for M in matrix_pair(X, Y, min_n=3))
+    check_not_constant(A, "X", "rtd")
+    check_not_constant(B, "Y", "rtd")
     n = A.shape[0]
     if batch >= n:
         return _rtd_once(A, B)
