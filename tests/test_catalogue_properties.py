@@ -121,7 +121,7 @@ def test_torch_and_numpy_inputs_agree(name):
     assert isinstance(got, float)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 10_000), scale=st.floats(0.1, 10.0), name=st.sampled_from(
     [m for m in NAMES if m not in ("rtd", "imd", "soft_matching")]))
 def test_invariances_hypothesis(seed, scale, name):

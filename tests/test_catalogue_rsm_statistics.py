@@ -91,7 +91,7 @@ def test_eigenspace_overlap_equals_resi_with_full_column_rank():
     assert rm.eigenspace_overlap(X, Y) == pytest.approx(ref_eos(X, Y, by_width=True), abs=1e-10)
 
 
-@pytest.mark.parametrize("lmbda", [0.0, 1e-2, 1.0])
+@pytest.mark.parametrize("lmbda", [0.0, 0.1])
 @pytest.mark.parametrize("kind,dtype", KIND_DTYPES)
 def test_gulp_matches_reference(kind, dtype, lmbda):
     X, Y, X64, Y64 = _inputs(kind, dtype, n=150)

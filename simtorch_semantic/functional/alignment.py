@@ -403,7 +403,11 @@ def soft_matching_prepare(X, center: bool = True, **_options) -> torch.Tensor:
 
 def soft_matching_score(px: torch.Tensor, py: torch.Tensor, **_options) -> float:
     """Soft-matching distance of two prepared representations (exact optimal transport)."""
-    import ot
+    try:
+        import ot
+    except ImportError as exc:  # pragma: no cover - POT is in the "measures" and "test" extras
+        raise ImportError("soft_matching_distance needs POT (optimal transport): "
+                          "pip install POT, or pip install simtorch-semantic[measures].") from exc
 
     _same_n(px, py)
     p1, p2 = px.shape[1], py.shape[1]

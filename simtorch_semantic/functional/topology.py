@@ -140,7 +140,11 @@ def _normalised_distances(A: torch.Tensor) -> np.ndarray:
 def cross_barcode_h1(RX: np.ndarray, RY: np.ndarray) -> np.ndarray:
     """Bars ``[m, 2]`` (birth, death) of the dimension-1 R-Cross-Barcode of two ``[b, b]``
     distance matrices: the Vietoris-Rips homology of ``[[0, RX^T], [RX, min(RX, RY)]]`` (ripser)."""
-    from ripser import ripser
+    try:
+        from ripser import ripser
+    except ImportError as exc:  # pragma: no cover - ripser is in the "measures" and "test" extras
+        raise ImportError("rtd needs ripser (persistent homology): pip install ripser, or "
+                          "pip install simtorch-semantic[measures].") from exc
 
     b = RX.shape[0]
     M = np.zeros((2 * b, 2 * b))
