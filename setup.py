@@ -44,6 +44,7 @@ setup(
             "nbformat",
             "nbclient",
             "ipykernel",
+            "jupyterlab",
             "POT",
             "ripser",
             "gudhi",
