@@ -102,7 +102,9 @@ _entry("soft_matching", _al.soft_matching_distance, "alignment",
 
 # neighbours
 _KNN = {"k": 10, "metric": "cosine"}
-_entry("jaccard_knn", _nb.jaccard_knn, "neighbors", _RESI,
+_entry("jaccard_knn", _nb.jaccard_knn, "neighbors",
+       "Schumacher et al., The Effects of Randomness on the Stability of Node Embeddings, ECML PKDD "
+       "2021; " + _RESI,
        "mean Jaccard index of the k-nearest-neighbour sets", True, (0.0, 1.0), 1.0,
        (_PERM, _ORTH, _ISO), options=dict(_KNN), aliases=("knn_jaccard", "jaccard_similarity"),
        prepare=_nb.knn_prepare, score=_nb.jaccard_knn_score)
@@ -119,8 +121,8 @@ _entry("cknna", _nb.cknna, "neighbors",
        aliases=("cknn_alignment", "mutual_knn_cka"),
        prepare=_nb.cknna_prepare, score=_nb.cknna_score)
 _entry("rank_similarity", _nb.rank_similarity, "neighbors",
-       "Wang et al., Towards Understanding Learning Representations: To What Extent Do Different "
-       "Neural Networks Learn the Same Representation, NeurIPS 2018; " + _RESI,
+       "Wang et al., Towards Understanding the Instability of Network Embedding, IEEE TKDE "
+       "2022; " + _RESI,
        "rank agreement of the shared k-nearest neighbours", True, (0.0, 1.0), 1.0,
        (_PERM, _ORTH, _ISO), options=dict(_KNN), aliases=("knn_rank_similarity",),
        prepare=_nb.knn_prepare, score=_nb.rank_similarity_score)
@@ -160,12 +162,14 @@ _entry("gulp", _rsm.gulp, "rsm_measures",
 
 # statistics
 _entry("magnitude_difference", _st.magnitude_difference, "statistics",
-       "Wang et al., Towards Understanding Learning Representations, NeurIPS 2018; " + _RESI,
+       "Wang et al., Towards Understanding the Instability of Network Embedding, IEEE TKDE 2022; "
+       + _RESI,
        "absolute difference of the norms of the mean samples", False, (0.0, _INF), 0.0,
        (_PERM, _ORTH), aliases=("magnitude",), prepare=_st.magnitude, score=_st.statistic_score,
        score_all_pairs=_st.statistic_score_all_pairs)
 _entry("concentricity_difference", _st.concentricity_difference, "statistics",
-       "Wang et al., Towards Understanding Learning Representations, NeurIPS 2018; " + _RESI,
+       "Wang et al., Towards Understanding the Instability of Network Embedding, IEEE TKDE 2022; "
+       + _RESI,
        "absolute difference of the mean cosines of the samples with their mean", False, (0.0, 2.0),
        0.0, (_PERM, _ORTH, _ISO), aliases=("concentricity",), prepare=_st.concentricity,
        score=_st.statistic_score, score_all_pairs=_st.statistic_score_all_pairs)

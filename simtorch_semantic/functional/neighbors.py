@@ -18,7 +18,8 @@ Euclidean distance (``metric="euclidean"``). ``r_X(i, j) in {1..k}`` is the rank
   ``tr(A H B H) / (n-1)^2``). Neighbours come from the same kernel (largest ``K_ij``).
   Huh et al. add ``1e-6`` to the denominator; we do not, and return NaN with one warning when a
   self-term is not positive.
-* **Rank similarity** (ReSi; Wang et al. 2020): for the common neighbours ``J_i = N_X(i) & N_Y(i)``
+* **Rank similarity** (ReSi; Wang et al. 2022, IEEE TKDE, "Towards understanding the
+  instability of network embedding"): for the common neighbours ``J_i = N_X(i) & N_Y(i)``
   ``v_i = (1 / sum_{l=1}^{|J_i|} 1/l) sum_{j in J_i} 2 / ((1 + |r_X(i,j) - r_Y(i,j)|)
   (r_X(i,j) + r_Y(i,j)))`` (0 when ``J_i`` is empty); the measure is ``mean_i v_i``, in [0, 1].
 * **Second-order cosine similarity** (Hamilton et al. 2016, EMNLP, "Cultural shift or linguistic

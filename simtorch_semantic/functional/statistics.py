@@ -2,10 +2,11 @@ r"""Differences of one summary statistic of ``X [n, p1]`` and ``Y [n, p2]`` (ReS
 2025): each measure is ``|s(X) - s(Y)|`` for a statistic ``s`` of one representation, so it is
 0 for identical inputs, symmetric, and blind to everything the statistic ignores.
 
-* **Magnitude** (ReSi; Wang et al. 2020): ``s(X) = ||mean_i x_i||_2``, the norm of the mean
+* **Magnitude** (ReSi; Wang et al. 2022, IEEE TKDE, "Towards understanding the instability of
+  network embedding"): ``s(X) = ||mean_i x_i||_2``, the norm of the mean
   sample. Invariant to orthogonal maps and permutations of the features; streamable (the
   feature sums are a sufficient statistic).
-* **Concentricity** (ReSi; Wang et al. 2020): ``s(X) = mean_i cos(x_i, mean_j x_j)``, the mean
+* **Concentricity** (ReSi; Wang et al. 2022): ``s(X) = mean_i cos(x_i, mean_j x_j)``, the mean
   cosine of each sample with the mean sample. Also invariant to isotropic scaling. Undefined when
   the mean sample or a sample is zero (one ``RuntimeWarning``; those samples count as cosine 0,
   and an all-zero mean gives NaN).
