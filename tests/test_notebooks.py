@@ -49,3 +49,14 @@ def test_overlay_notebook_runs_offline(tmp_path, monkeypatch):
     # the saved widget state grows linearly with the patches (27 MB when it held every map)
     assert (tmp_path / "executed_overlay.ipynb").stat().st_size < 6_000_000
     assert (tmp_path / "overlay_query.png").exists()
+
+
+def test_transformers_notebook_runs_offline(tmp_path, monkeypatch):
+    outputs = run_notebook("transformers.ipynb", tmp_path, monkeypatch)
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 4                  # ViT vs ResNet, BERT vs GPT-2, tokens, cross-modal
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    diffs = [float(line.rsplit("=", 1)[1]) for line in text.splitlines()
+             if "more pad tokens =" in line]
+    assert len(diffs) == 6 and max(diffs) < 1e-6          # padding never changes a value
+    assert "encoder.layers.encoder_layer_3" in text and "'h.3'" in text
