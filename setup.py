@@ -31,6 +31,8 @@ setup(
     extras_require={
         "overlay": ["anywidget", "scikit-learn", "pillow"],
         "docs": ["mkdocs", "mkdocs-material", "mkdocstrings[python]"],
+        # soft-matching distance (optimal transport) and RTD (persistent homology)
+        "measures": ["POT", "ripser"],
         "test": [
             "pytest",
             "hypothesis",
@@ -47,6 +49,9 @@ setup(
             "mkdocs",
             "mkdocs-material",
             "mkdocstrings[python]",
+            "POT",
+            "ripser",
+            "gudhi",
             "transformers",
             "timm",
             "tokenizers",
