@@ -23,6 +23,9 @@ API_PAGES = {
     "simtorch_semantic.plotting": "plotting",
     "simtorch_semantic.overlay": "overlay",
     "simtorch_semantic.distributed": "distributed",
+    **{f"simtorch_semantic.functional.{m}": "catalogue"
+       for m in ("registry", "alignment", "neighbors", "rsm_measures", "statistics", "topology",
+                 "outputs")},
 }
 
 
@@ -54,8 +57,8 @@ def _ids(html: str) -> set:
 
 def test_api_reference_documents_every_public_name(site):
     pages = {p: (site / "api" / p / "index.html").read_text(encoding="utf-8")
-             for p in ("package", "functional", "measures", "results", "plotting", "overlay",
-                       "distributed")}
+             for p in ("package", "functional", "catalogue", "measures", "results", "plotting",
+                       "overlay", "distributed")}
     every_id = set().union(*(_ids(h) for h in pages.values()))
     missing = []
     for module, page in API_PAGES.items():
