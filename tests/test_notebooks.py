@@ -81,3 +81,11 @@ def test_stored_activations_notebook_runs_offline(tmp_path, monkeypatch):
     rows = [line.split() for line in text.splitlines() if line.split()[:2][-1:] == ["RDMs"]]
     assert len(rows) == 3, text
     assert all(float(row[-1]) < 1e-9 for row in rows), rows
+
+
+def test_catalogue_notebook_runs_offline(tmp_path, monkeypatch):
+    outputs = run_notebook("catalogue.ipynb", tmp_path, monkeypatch)
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert "measures:" in text and "invariant to:" in text
+    rows = [line for line in text.splitlines() if "(identical inputs:" in line]
+    assert len(rows) == 7, text
