@@ -52,9 +52,10 @@ Solvers (``SOLVERS``):
     affinity's precision) is re-solved exactly, so the returned permutation always satisfies
     ``J >= (1 - rel_tol) * optimum`` (for ``J >= 0``).
 ``"auto"``
-    Not a solver but a choice: per problem size, the solver that the calibrated cost model
-    (:func:`estimate_seconds`, constants from ``benchmarks/calibrate_matching.py``) predicts to
-    be fastest among ``exact`` and ``batched`` (:func:`choose_solver`); both are certified.
+    Not a solver but a choice: per problem size (and device), the solver that the calibrated
+    cost model (:func:`estimate_seconds`, constants from ``benchmarks/calibrate_matching.py``)
+    predicts to be fastest (:func:`choose_solver`): ``exact`` or ``auction`` on the CPU,
+    ``exact`` or ``batched`` on a GPU; all are certified.
 
 Costs: ``exact`` ~ ``O(S^3)`` (27 s at S = 3136 on one core; :func:`estimate_exact_seconds`,
 :func:`check_exact_feasible`), the others ~ ``O(S^2)`` per round or block.
@@ -866,49 +867,77 @@ def estimate_exact_seconds(S, B=1, n_workers=None):
     return float((_EXACT_C3 * S**3 + _EXACT_C2 * S**2) * B / workers)
 
 
-# Calibration of the batched auction (batched_auction on the same kind of affinities, blocks of
-# pairs, one thread per block; benchmarks/calibrate_matching.py prints these constants):
-# t(S) ~= c * S^e seconds per problem.
-_BATCHED_C = 2.0e-7
-_BATCHED_E = 2.0
+# Calibration of the certified auctions (seconds per problem on ResNet-18 conv/ReLU affinities of
+# two different photographs, S = 36 ... 3136, one thread; the NumPy auction one problem at a
+# time, the torch batched auction on a block of the problems): t(S) ~= c * S^e, fitted and
+# printed by benchmarks/calibrate_matching.py (run of 2026-12-02, figures and machine load in
+# benchmarks/RESULTS.md; the same run's exact fit, 8.98e-10 S^3 + 1.5e-8 S^2, agrees with the
+# constants above). Measured under a load average of ~17 on 2 cores: absolute times are ~3-6x
+# those of a quiet machine, the ratios between solvers (measured interleaved) are what matter.
+_AUCTION_C = 1.55e-6
+_AUCTION_E = 2.024
+_BATCHED_C = 1.01e-4
+_BATCHED_E = 1.671
+# Which solvers "auto" considers: on the CPU exact or the NumPy auction (the batched torch
+# auction measured 2-6x slower than the NumPy one there: its Jacobi rounds cost a fixed ~0.3 ms
+# each, and a problem needs thousands). On other devices the batched auction, whose rounds run
+# on the device: no GPU was available to calibrate it, so there "auto" takes it from
+# S >= _AUTO_DEVICE_MIN_S on (an assumption, not a measurement).
+_AUTO_CPU = ("exact", "auction")
+_AUTO_DEVICE_MIN_S = 576
 
 
-def estimate_seconds(method, S, B=1, n_workers=None):
+def _per_problem_seconds(method, S):
+    S = float(S)
+    if method == "exact":
+        return _EXACT_C3 * S ** 3 + _EXACT_C2 * S ** 2
+    if method == "auction":
+        return _AUCTION_C * S ** _AUCTION_E
+    if method == "batched":
+        return _BATCHED_C * S ** _BATCHED_E
+    raise ValueError(f"estimate_seconds models 'exact', 'auction', 'batched' and 'auto', not "
+                     f"{method!r}")
+
+
+def estimate_seconds(method, S, B=1, n_workers=None, device="cpu"):
     """Estimated wall time in seconds of solving ``B`` ``S x S`` problems with ``method``.
 
-    ``"exact"``: :func:`estimate_exact_seconds`; ``"batched"``: the calibrated power law
-    ``c * S^e`` per problem (constants ``_BATCHED_C``, ``_BATCHED_E`` from
-    ``benchmarks/calibrate_matching.py``), times ``B / min(B, n_workers)``; ``"auto"``: the
-    smaller of the two. Other methods are not modelled (``ValueError``).
+    ``"exact"``: :func:`estimate_exact_seconds`; ``"auction"``, ``"batched"``: the calibrated
+    power laws ``c * S^e`` per problem (constants ``_AUCTION_*``, ``_BATCHED_*`` from
+    ``benchmarks/calibrate_matching.py``), times ``B / min(B, n_workers)``; ``"auto"``: that of
+    :func:`choose_solver` ``(S, device)``. Other methods are not modelled (``ValueError``).
     """
+    if method == "auto":
+        method = choose_solver(S, device)
     if method == "exact":
         return estimate_exact_seconds(S, B, n_workers=n_workers)
-    if method == "auto":
-        return estimate_seconds(choose_solver(S), S, B, n_workers)
-    if method != "batched":
-        raise ValueError(f"estimate_seconds models 'exact', 'batched' and 'auto', not {method!r}")
     if not isinstance(S, (int, np.integer)) or S < 1:
         raise ValueError(f"S (positions per sample) must be a positive integer, got {S!r}")
     if not isinstance(B, (int, np.integer)) or B < 0:
         raise ValueError(f"B (number of pairs) must be a non-negative integer, got {B!r}")
+    per = _per_problem_seconds(method, S)
     workers = min(_n_workers(n_workers), max(int(B), 1))
-    return float(_BATCHED_C * float(S) ** _BATCHED_E * B / workers)
+    return float(per * B / workers)
 
 
-def choose_solver(S):
-    """The solver ``matching="auto"`` uses for ``S x S`` problems: "exact" or "batched".
+def choose_solver(S, device="cpu"):
+    """The solver ``matching="auto"`` uses for ``S x S`` problems on ``device``.
 
-    The one with the smaller calibrated time per problem (:func:`estimate_seconds`); both give
-    certified results (exact: the optimum; batched: within ``rel_tol`` of it). ``S <= 2`` is
-    always exact.
+    On the CPU the candidate with the smallest calibrated time per problem
+    (:func:`estimate_seconds`): ``"exact"`` or ``"auction"``; on other devices ``"batched"`` for
+    ``S >= 576`` (uncalibrated: no GPU was available), else ``"exact"``. All of them are
+    certified (exact: the optimum; the auctions: within ``rel_tol`` of it, the
+    uncertified remainder re-solved exactly). ``S <= 2`` is always exact.
     """
     if not isinstance(S, (int, np.integer)) or S < 1:
         raise ValueError(f"S (positions per sample) must be a positive integer, got {S!r}")
     if S <= 2:
         return "exact"
-    t_exact = _EXACT_C3 * float(S) ** 3 + _EXACT_C2 * float(S) ** 2
-    t_batched = _BATCHED_C * float(S) ** _BATCHED_E
-    return "exact" if t_exact <= t_batched else "batched"
+    kind = device.type if torch is not None and isinstance(device, torch.device) \
+        else str(device).split(":")[0]
+    if kind != "cpu":
+        return "batched" if S >= _AUTO_DEVICE_MIN_S else "exact"
+    return min(_AUTO_CPU, key=lambda m: _per_problem_seconds(m, S))
 
 
 def _fmt_seconds(t):

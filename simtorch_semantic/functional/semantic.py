@@ -487,7 +487,7 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
     N, S, C = xs.shape
     M = yt.shape[0]
     if matching == "auto":
-        matching = choose_solver(S)
+        matching = choose_solver(S, xs.device)
     if yt.device != xs.device:
         yt = yt.to(xs.device)
     dt = torch.promote_types(xs.dtype, yt.dtype)
@@ -507,7 +507,8 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
     ip = np.zeros((N, M), dtype=np.float64)
     if symmetric:
         ip[np.diag_indices(N)] = nx2  # identity is optimal for a sample with itself
-    info = {"solver": matching, "pairs": int(P), "max_rel_gap": 0.0, "exact_fallback": 0}
+    info = {"solver": matching, "pairs": int(P), "max_rel_gap": 0.0, "exact_fallback": 0,
+            "certified": matching in _CERTIFIED or matching == "exact"}
     if P == 0:
         if stats is not None:
             stats.update(info, seconds=time.perf_counter() - t_start)
@@ -635,7 +636,7 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
 
 def semantic_sim_parallel(x, y=None, kernel="ip", matching="auto", n_workers=None,
                           layout="ncs", progress=True, sigma=None, max_positions=None,
-                          **matching_options):
+                          progress_bar=None, stats=None, **matching_options):
     """Semantic (permutation-invariant) RSM between two sets of samples.
 
     Every pair's affinity ``A = V_i W_j^T`` is computed with batched ``torch.bmm`` over chunks of
@@ -662,6 +663,12 @@ def semantic_sim_parallel(x, y=None, kernel="ip", matching="auto", n_workers=Non
         sigma: RBF bandwidth; default the median heuristic over the whole RSM (module docstring).
         max_positions: None (default, full resolution) or an int: average-pool each map to at
             most that many positions first (:func:`pool_positions`; an approximation).
+        progress_bar: an open tqdm bar to advance by the pairs done instead of opening one (one
+            bar for many calls).
+        stats: a dict to receive how the matching went: ``solver``, ``pairs``, ``certified``
+            (True for exact and the auctions), ``max_rel_gap`` (largest certified relative gap
+            ``(bound - J) / |J|`` of any pair), ``exact_fallback`` (pairs re-solved exactly)
+            and ``seconds``.
 
     Returns:
         float64 NumPy ``[N, M]`` (``[N, N]`` when y is None), or a dict kernel -> matrix when
@@ -681,7 +688,8 @@ def semantic_sim_parallel(x, y=None, kernel="ip", matching="auto", n_workers=Non
     ys = None if y is None else _as_nsc(y, "y", layout)
     if ys is not None:
         _check_pair(xs, ys)
-    ip, nx2, ny2 = _semantic_ip(xs, ys, matching, workers, progress, matching_options)
+    ip, nx2, ny2 = _semantic_ip(xs, ys, matching, workers, progress, matching_options,
+                                bar=progress_bar, stats=stats)
     out, _ = _kernels_from_ip(ip, nx2, ny2, kernels, ys is None, sigma)
     return out if was_list else out[kernels[0]]
 
