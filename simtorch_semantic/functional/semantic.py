@@ -54,6 +54,7 @@ import torch
 from tqdm.auto import tqdm
 
 from simtorch_semantic.functional._validation import _promote, to_tensor
+from simtorch_semantic.distributed import fill_pairs, share
 from simtorch_semantic.functional.matching import (
     MATCHINGS,
     _n_workers,
@@ -502,14 +503,16 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
         rn = np.sqrt(np.einsum("nsc,nsc->ns", x64, x64))
         cn = rn if symmetric else np.sqrt(np.einsum("nsc,nsc->ns", y64, y64))
 
-    I, J = _pairs(N, M, symmetric)
+    I_all, J_all = _pairs(N, M, symmetric)
+    mine = share(I_all.size)  # this rank's pairs inside distributed.pair_sharding(); else all
+    I, J = I_all[mine], J_all[mine]
     P = I.size
     ip = np.zeros((N, M), dtype=np.float64)
     if symmetric:
         ip[np.diag_indices(N)] = nx2  # identity is optimal for a sample with itself
     info = {"solver": matching, "pairs": int(P), "max_rel_gap": 0.0, "exact_fallback": 0,
             "certified": matching in _CERTIFIED or matching == "exact"}
-    if P == 0:
+    if I_all.size == 0:
         if stats is not None:
             stats.update(info, seconds=time.perf_counter() - t_start)
         return ip, nx2, ny2
@@ -624,9 +627,10 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
             torch.set_num_threads(torch_threads)
         if own_bar:
             bar.close()
+    fill_pairs(ip, I_all, J_all, mine)  # the other ranks' pairs (no-op in one process)
     if symmetric:
         ip = np.triu(ip) + np.triu(ip, 1).T
-    if certified:
+    if certified and P:
         info["max_rel_gap"] = float(gaps.max())
         info["exact_fallback"] = int(fallback.sum())
     if stats is not None:

@@ -68,6 +68,7 @@ from ..functional.semantic import (
     semantic_sim_parallel,
     similarity_calculation,
 )
+from ..distributed import pair_sharding
 from .collect import CollectingSimilarity
 
 __all__ = ["SemanticCKA", "rsm_cka_matrix", "psd_clip", "PlanTooLarge", "SemanticPlan"]
@@ -461,8 +462,9 @@ class SemanticCKA(CollectingSimilarity):
             bar = tqdm(total=total, desc="semantic pairs (all layers)", unit="pair",
                        disable=not self._progress or total == 0, leave=False, smoothing=0.05)
         try:
-            Ks = self._rsms(acts1, self.sim_model1, built, bar)
-            Ls = self._rsms(acts2, self.sim_model2, built, bar)  # identical layers not redone
+            with pair_sharding(self._many):  # under torch.distributed each rank solves its share
+                Ks = self._rsms(acts1, self.sim_model1, built, bar)
+                Ls = self._rsms(acts2, self.sim_model2, built, bar)  # identical layers not redone
         finally:
             if bar is not None:
                 bar.close()
