@@ -25,7 +25,8 @@ gives each rank its local GPU (``cuda:LOCAL_RANK``). See :mod:`simtorch_semantic
 ``torchrun ... -m simtorch_semantic -- compare ...``.)
 
 Exit status: 0 on success, 2 for bad arguments (usage, unknown model / layer / measure /
-weights, unreadable images, a model that cannot run at ``--image-size``), 1 when the comparison
+weights, unreadable images, a model that cannot run at ``--image-size``, a semantic_cka plan
+estimated above ``--max-minutes``), 1 when the comparison
 itself fails, 130 when interrupted. Every error is one line on stderr, without a traceback (set
 the environment variable ``SIMTORCH_SEMANTIC_TRACEBACK=1`` to see it).
 """
