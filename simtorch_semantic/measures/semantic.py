@@ -69,6 +69,7 @@ from ..functional.semantic import (
     similarity_calculation,
 )
 from ..distributed import pair_sharding
+from ..distributed import rank as dist_rank
 from .collect import CollectingSimilarity
 
 __all__ = ["SemanticCKA", "rsm_cka_matrix", "psd_clip", "PlanTooLarge", "SemanticPlan"]
@@ -368,7 +369,8 @@ class SemanticCKA(CollectingSimilarity):
             # plan before work: estimate every layer's matching from the first batch
             n = max(self._planned_samples or 0, next(iter(feats1.values())).shape[0])
             self.plan = self.make_plan(feats1, feats2, n)
-            if self.print_plan or (self.print_plan is None and self._progress):
+            if (self.print_plan or (self.print_plan is None and self._progress)) \
+                    and dist_rank() == 0:
                 print(self.plan.format(), file=sys.stderr, flush=True)
             budget = None if self.max_minutes is None else 60.0 * self.max_minutes
             if budget is not None and self.plan.total_seconds > budget:
