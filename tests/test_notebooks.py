@@ -69,6 +69,8 @@ def test_semantic_notebook_runs_offline(tmp_path, monkeypatch):
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert "retrieval" in text and "diagonal, semantic" in text
     assert "of exact" in text                                # the solver comparison ran
+    assert "semantic CKA plan" in text                       # measure.plan
+    assert "PlanTooLarge: SemanticCKA" in text               # the run refused before any matching
     assert "ValueError: exact matching of" in text           # the cost check refused the plan
 
 
