@@ -446,26 +446,28 @@ def streaming_cka_permutation_null(batches, n_permutations: int, generator=None,
 
 # ----------------------------------------------------------------------------- full-data CKA
 def cka_bootstrap_from_grams(Ks, Ls, indices, unbiased: bool = False) -> torch.Tensor:
-    """CKA of every layer pair on bootstrap resamples of the samples: ``[R, a, b]``.
+    """CKA of every layer pair on resamples of the samples: ``[R, a, b]``.
 
-    ``Ks [a, N, N]``, ``Ls [b, N, N]``: Grams of all N samples; ``indices [R, N]``: the samples
-    of each resample (with replacement). Replicate r uses ``K[idx][:, idx]`` (an index gather,
-    no recomputed features; an RBF bandwidth stays the full data's). One replicate at a time,
-    all layer pairs of it in one matrix product.
+    ``Ks [a, N, N]``, ``Ls [b, N, N]``: Grams of all N samples; ``indices [R, m]``: the samples
+    of each resample (bootstrap: ``m = N`` drawn with replacement; a jackknife: the ``m`` kept
+    samples). Replicate r uses ``K[idx][:, idx]`` (an index gather, no recomputed features; an
+    RBF bandwidth stays the full data's). One replicate at a time, all layer pairs of it from
+    one matrix product.
     """
     K = _stack(Ks, "Ks")
     L = _stack(Ls, "Ls").to(K.device)
     idx = torch.as_tensor(indices, device=K.device).long()
     N = K.shape[-1]
-    if L.shape[-1] != N or idx.dim() != 2 or idx.shape[1] != N:
-        raise ValueError(f"indices must be [R, {N}] for Grams of {N} samples; got Ks "
-                         f"{tuple(K.shape)}, Ls {tuple(L.shape)}, indices {tuple(idx.shape)}")
+    m = idx.shape[-1] if idx.dim() == 2 else 0
+    if L.shape[-1] != N or idx.dim() != 2 or m < (4 if unbiased else 2):
+        raise ValueError(f"indices must be [R, m] sample indices (m >= {4 if unbiased else 2}) into "
+                         f"Grams of {N} samples; got Ks {tuple(K.shape)}, Ls {tuple(L.shape)}, "
+                         f"indices {tuple(idx.shape)}")
     out = torch.empty(idx.shape[0], K.shape[0], L.shape[0], dtype=torch.float64, device=K.device)
     for r in range(idx.shape[0]):
         i = idx[r]
-        Kr, Lr = K[:, i][:, :, i], L[:, i][:, :, i]
-        P, Q = _prep(Kr, unbiased), _prep(Lr, unbiased)
-        out[r] = cka_from_hsic(_cross(P, Q, N, unbiased), _self(P, N, unbiased), _self(Q, N, unbiased))
+        P, Q = _prep(K[:, i][:, :, i], unbiased), _prep(L[:, i][:, :, i], unbiased)
+        out[r] = cka_from_hsic(_cross(P, Q, m, unbiased), _self(P, m, unbiased), _self(Q, m, unbiased))
     return out
 
 

@@ -25,11 +25,12 @@ from tqdm.auto import tqdm
 from ..data import batch_input, batch_size, expected_batches, paired_batches
 from ..model import SimilarityModel
 from ..results import SimilarityResult
+from .inference import InferenceMixin
 
 __all__ = ["BaseSimilarity"]
 
 
-class BaseSimilarity:
+class BaseSimilarity(InferenceMixin):
     """Layer x layer similarity between two :class:`SimilarityModel` over a DataLoader.
 
     Parameters
@@ -44,6 +45,11 @@ class BaseSimilarity:
         For loaders that yield dicts: the key holding the model input.
     input_fn : callable, optional
         ``input_fn(batch) -> model input`` for any other batch structure.
+    n_bootstrap, n_permutations, confidence, seed, interval :
+        Inference for every cell (keyword-only, every measure; off by default): bootstrap
+        intervals, permutation p-values (per cell and family-wise adjusted) and calibrated
+        scores in the result. See :class:`~simtorch_semantic.measures.inference.InferenceMixin`
+        and docs/inference.md for what is resampled.
 
     Attributes
     ----------
@@ -54,7 +60,8 @@ class BaseSimilarity:
     name = "similarity"
     higher_is_similar = True
 
-    def __init__(self, sim_model1, sim_model2, device="cpu", *, input_key=None, input_fn=None):
+    def __init__(self, sim_model1, sim_model2, device="cpu", *, input_key=None, input_fn=None,
+                 **inference):
         for arg, value in (("sim_model1", sim_model1), ("sim_model2", sim_model2)):
             if not isinstance(value, SimilarityModel):
                 raise TypeError(
@@ -71,6 +78,7 @@ class BaseSimilarity:
         self.sim_matrix = None
         self._last_result = None
         self._progress = True  # the last compute()'s progress flag, for per-layer loops in result()
+        self._init_inference(**inference)
         self.reset()
 
     # ------------------------------------------------------------------ public API
@@ -79,6 +87,7 @@ class BaseSimilarity:
         self._n_samples = 0
         self._n_batches = 0
         self._notes = []
+        self._reset_inference()
         self._reset_state()
 
     def update(self, batch, batch2=None) -> None:
@@ -134,6 +143,7 @@ class BaseSimilarity:
                 f"{type(self).__name__} has seen no data: call compute(dataloader) or update(batch) first"
             )
         matrix = np.asarray(self._compute_matrix(), dtype=np.float64)
+        inference = self._run_inference(matrix)
         result = SimilarityResult(
             matrix=matrix,
             row_layers=list(self.sim_model1.layers),
@@ -141,10 +151,11 @@ class BaseSimilarity:
             model1_name=self.sim_model1.model_name,
             model2_name=self.sim_model2.model_name,
             measure=self.name,
-            params=self._params(),
+            params={**self._params(), **self._inference_params()},
             n_samples=self._n_samples,
             higher_is_similar=self.higher_is_similar,
             notes=list(self._notes),
+            **inference,
         )
         self.sim_matrix = result.matrix
         self._last_result = result

@@ -70,7 +70,7 @@ class CKA(CollectingSimilarity):
 
     def __init__(self, sim_model1, sim_model2, kernel="linear", estimator="minibatch", unbiased=False,
                  sigma_frac=0.8, sigma=None, device="cpu", *, store_device="cpu", max_memory=None,
-                 input_key=None, input_fn=None):
+                 input_key=None, input_fn=None, **inference):
         if kernel not in _KERNELS:
             raise ValueError(f"kernel must be one of {_KERNELS}, got {kernel!r}")
         if estimator not in _ESTIMATORS:
@@ -81,7 +81,7 @@ class CKA(CollectingSimilarity):
         self.sigma_frac = self._check_positive_float("sigma_frac", sigma_frac)
         self.sigma = None if sigma is None else self._check_positive_float("sigma", sigma)
         super().__init__(sim_model1, sim_model2, device, store_device=store_device,
-                         max_memory=max_memory, input_key=input_key, input_fn=input_fn)
+                         max_memory=max_memory, input_key=input_key, input_fn=input_fn, **inference)
 
     @property
     def streaming(self) -> bool:
@@ -142,6 +142,8 @@ class CKA(CollectingSimilarity):
         self._xy += xy
         self._xx += xx
         self._yy += yy
+        if self.streaming:  # per-batch terms and permuted cross terms for inference (if on)
+            self._inference_batch(Ks, Ls, xy, xx, yy, self.unbiased)
 
     def _update_state(self, feats1, feats2, batch) -> None:
         if not self.streaming:
@@ -170,6 +172,7 @@ class CKA(CollectingSimilarity):
     def _matrix_from_activations(self, acts1, acts2) -> np.ndarray:
         self._check_full_memory()
         Ks, Ls = self._full_grams(acts1), self._full_grams(acts2)
+        self._keep_grams(Ks, Ls, self.unbiased)  # resampled by index gathers for inference (if on)
         self._accumulate(Ks, Ls)
         return self._finish()
 
@@ -235,11 +238,13 @@ class DeltaCKA(CKA):
     """
 
     name = "dcka"
+    inference_unsupported = ("bootstrap and permutation inference is not implemented for dCKA yet "
+                             "(the confounder would have to be resampled with the samples)")
 
     def __init__(self, sim_model1, sim_model2, kernel="linear", estimator="minibatch", unbiased=False,
                  sigma_frac=0.8, sigma=None, device="cpu", *, confounder=None,
                  remove_negative_eig=False, store_device="cpu", max_memory=None, input_key=None,
-                 input_fn=None):
+                 input_fn=None, **inference):
         if confounder is not None and not callable(confounder):
             raise TypeError(f"confounder must be a callable batch -> tensor, got {type(confounder).__name__}")
         if remove_negative_eig and estimator != "full":
@@ -251,7 +256,7 @@ class DeltaCKA(CKA):
         self.remove_negative_eig = bool(remove_negative_eig)
         super().__init__(sim_model1, sim_model2, kernel=kernel, estimator=estimator, unbiased=unbiased,
                          sigma_frac=sigma_frac, sigma=sigma, device=device, store_device=store_device,
-                         max_memory=max_memory, input_key=input_key, input_fn=input_fn)
+                         max_memory=max_memory, input_key=input_key, input_fn=input_fn, **inference)
 
     def _init_sums(self, n1: int, n2: int) -> None:
         super()._init_sums(n1, n2)
