@@ -182,9 +182,15 @@ def test_permuted_cross_matches_reference(unbiased, a, b):
         for i in range(a):
             for j in range(b):
                 assert out[r, i, j] == pytest.approx(h(K[i], L[j][np.ix_(p, p)]), rel=1e-10, abs=1e-12)
-    # and validate=False gives the same numbers
+    # validate=False gives the same numbers; float32 products agree to single precision, also
+    # for Grams with a large common offset (features far from the origin)
     fast = permuted_hsic_cross(torch.from_numpy(K), torch.from_numpy(L), perms, unbiased, validate=False)
     np.testing.assert_allclose(fast.numpy(), out, rtol=1e-12)
+    shift = rng.normal(size=5) * 100
+    K_off = np.stack([ref_linear_gram(rng.normal(size=(n, 5)) + shift) for _ in range(a)])
+    single = permuted_hsic_cross(K_off, L, perms, unbiased, dtype=torch.float32).numpy()
+    double = permuted_hsic_cross(K_off, L, perms, unbiased).numpy()
+    np.testing.assert_allclose(single, double, rtol=1e-4, atol=1e-5 * np.abs(double).max())
 
 
 def test_permuted_cross_errors():
@@ -197,6 +203,8 @@ def test_permuted_cross_errors():
         permuted_hsic_cross(K, np.zeros((2, 6, 6)), torch.zeros(3, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="stack of square Gram"):
         permuted_hsic_cross(np.zeros((5, 5)), K, torch.zeros(3, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64"):
+        permuted_hsic_cross(K, K, torch.arange(5)[None], dtype=torch.float16)
 
 
 def test_streaming_permutation_null_matches_reference():

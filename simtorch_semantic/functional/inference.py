@@ -351,11 +351,37 @@ def _chunk(count: int, per_item_bytes: int) -> int:
     return max(1, min(count, _CHUNK_BYTES // max(per_item_bytes, 1)))
 
 
+def _perm_prep(K: torch.Tensor, unbiased: bool, dtype) -> tuple:
+    """What the permuted cross products need of a float64 Gram stack ``K [g, n, n]``.
+
+    The Grams are double-centred first (exact for both estimators: the biased one centres
+    anyway and the unbiased one is invariant to ``K_ij + f_i + f_j``), so the products lose
+    little in ``float32``. Returns ``(flat [g, n*n] in dtype, upper [g, n(n-1)/2] in dtype, diag
+    [g, n], rows [g, n], total [g])``: the unbiased estimator uses the zero-diagonal Gram's row
+    sums and total, the biased one the diagonal.
+    """
+    n = K.shape[-1]
+    K = center_gram(K)
+    iu, ju = torch.triu_indices(n, n, offset=1, device=K.device)
+    diag = K.diagonal(dim1=-2, dim2=-1)
+    if unbiased:
+        K = K.masked_fill(torch.eye(n, dtype=torch.bool, device=K.device), 0.0)
+        rows = K.sum(dim=-1)
+        extra = (None, rows, rows.sum(dim=-1))
+    else:
+        extra = (diag.clone(), None, None)
+    flat = K.reshape(K.shape[0], n * n).to(dtype)
+    return (flat, flat[:, iu * n + ju], *extra)
+
+
 def _permuted_cross_prepared(P, Q, perms, n, unbiased, permute_first) -> torch.Tensor:
-    """``[R, a, b]`` cross HSIC with ``Q``'s samples permuted (``P``, ``Q`` prepared stacks).
+    """``[R, a, b]`` cross HSIC with ``Q``'s samples permuted (``P``, ``Q`` from :func:`_perm_prep`).
 
     When ``permute_first`` the gather is done on ``P`` with the inverse permutations (cheaper
-    when ``P`` has fewer Grams): HSIC(K, pi L pi') = HSIC(pi' K pi, L).
+    when ``P`` has fewer Grams): HSIC(K, pi L pi') = HSIC(pi' K pi, L). The Grams are symmetric,
+    so only the ``n(n-1)/2`` entries above the diagonal are gathered and multiplied (twice
+    their product is the off-diagonal part of the trace); the diagonal and row-sum terms are
+    ``[n]``-long and done apart in float64.
     """
     R = perms.shape[0]
     a, b = P[0].shape[0], Q[0].shape[0]
@@ -363,27 +389,32 @@ def _permuted_cross_prepared(P, Q, perms, n, unbiased, permute_first) -> torch.T
         perms = perms.argsort(dim=1)
     G, other = (P, Q) if permute_first else (Q, P)
     g = G[0].shape[0]
-    out = torch.empty(R, a, b, dtype=torch.float64, device=P[0].device)
+    device = P[0].device
+    out = torch.empty(R, a, b, dtype=torch.float64, device=device)
     c1, c2, norm = _consts(n, unbiased)
     if unbiased:
-        totals = c1 * P[2][:, None] * Q[2][None, :]
-    step = _chunk(R, g * n * n * 8)
+        totals = c1 * P[4][:, None] * Q[4][None, :]
+    iu, ju = torch.triu_indices(n, n, offset=1, device=device)
+    m = iu.numel()
+    step = _chunk(R, g * m * G[0].element_size())
     for start in range(0, R, step):
         p = perms[start:start + step]                                   # [c, n]
-        flat = (p[:, :, None] * n + p[:, None, :]).reshape(p.shape[0], n * n)  # [c, n*n]
-        gathered = G[0][:, flat]                                        # [g, c, n*n]
-        prod = (gathered.reshape(-1, n * n) @ other[0].T).reshape(g, p.shape[0], -1)  # [g, c, o]
-        cross = prod.permute(1, 0, 2) if permute_first else prod.permute(1, 2, 0)    # [c, a, b]
-        if unbiased:
-            rows = G[1][:, p]                                           # [g, c, n]
-            rr = torch.einsum("gcn,on->cgo", rows, other[1])
-            rr = rr if permute_first else rr.transpose(1, 2)
-            cross = cross + totals - c2 * rr
+        c = p.shape[0]
+        flat = p[:, iu] * n + p[:, ju]                                  # [c, m]
+        gathered = torch.index_select(G[0], 1, flat.reshape(-1))        # [g, c*m]
+        prod = (gathered.reshape(g * c, m) @ other[1].T).to(torch.float64).reshape(g, c, -1)
+        cross = 2.0 * (prod.permute(1, 0, 2) if permute_first else prod.permute(1, 2, 0))  # [c, a, b]
+        k = 3 if unbiased else 2
+        vec = G[k][:, p]                                                # [g, c, n] float64
+        term = torch.einsum("gcn,on->cgo", vec, other[k])
+        term = term if permute_first else term.transpose(1, 2)
+        cross = cross + totals - c2 * term if unbiased else cross + term
         out[start:start + step] = cross * norm
     return out
 
 
-def permuted_hsic_cross(Ks, Ls, perms, unbiased: bool = True, validate: bool = True) -> torch.Tensor:
+def permuted_hsic_cross(Ks, Ls, perms, unbiased: bool = True, validate: bool = True,
+                        dtype=torch.float64) -> torch.Tensor:
     r"""HSIC of every ``Ks[i]`` with every permuted ``Ls[j]`` for each permutation.
 
     ``Ks [a, n, n]``, ``Ls [b, n, n]`` Grams of the same ``n`` samples; ``perms [R, n]`` int64
@@ -392,12 +423,17 @@ def permuted_hsic_cross(Ks, Ls, perms, unbiased: bool = True, validate: bool = T
     biased). The side with fewer Grams is gathered, in chunks of at most 64 MiB, and every
     layer pair of a chunk comes from one matrix product: no loop over pairs or permutations.
     ``validate=False`` skips the checks (no host sync: for per-batch loops with trusted input).
+    ``dtype=torch.float32`` does the gathers and the big product in single precision (half the
+    memory traffic; the Grams are double-centred in float64 first, so little cancels); the
+    result is float64 either way.
     """
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     if not validate:
         K, L = Ks.to(torch.float64), Ls.to(torch.float64)
         n = K.shape[-1]
-        return _permuted_cross_prepared(_prep(K, unbiased), _prep(L, unbiased), perms, n, unbiased,
-                                        permute_first=K.shape[0] < L.shape[0])
+        return _permuted_cross_prepared(_perm_prep(K, unbiased, dtype), _perm_prep(L, unbiased, dtype),
+                                        perms, n, unbiased, permute_first=K.shape[0] < L.shape[0])
     K = _stack(Ks, "Ks")
     L = _stack(Ls, "Ls").to(K.device)
     n = K.shape[-1]
@@ -413,7 +449,7 @@ def permuted_hsic_cross(Ks, Ls, perms, unbiased: bool = True, validate: bool = T
     perms = perms.long()
     if not bool((perms.sort(dim=1).values == torch.arange(n, device=K.device)).all()):
         raise ValueError("every row of perms must be a permutation of range(n)")
-    P, Q = _prep(K, unbiased), _prep(L, unbiased)
+    P, Q = _perm_prep(K, unbiased, dtype), _perm_prep(L, unbiased, dtype)
     return _permuted_cross_prepared(P, Q, perms, n, unbiased, permute_first=K.shape[0] < L.shape[0])
 
 
@@ -471,11 +507,16 @@ def cka_bootstrap_from_grams(Ks, Ls, indices, unbiased: bool = False) -> torch.T
     return out
 
 
-def cka_permutation_null_from_grams(Ks, Ls, perms, unbiased: bool = False) -> torch.Tensor:
-    """Permutation null ``[R, a, b]`` of full-data CKA: CKA(K_i, P_r L_j P_r')."""
+def cka_permutation_null_from_grams(Ks, Ls, perms, unbiased: bool = False,
+                                    dtype=torch.float64) -> torch.Tensor:
+    """Permutation null ``[R, a, b]`` of full-data CKA: CKA(K_i, P_r L_j P_r').
+
+    ``Ks [a, N, N]``, ``Ls [b, N, N]``, ``perms [R, N]``; ``dtype`` of the gathered products as
+    in :func:`permuted_hsic_cross`.
+    """
     K = _stack(Ks, "Ks")
     L = _stack(Ls, "Ls").to(K.device)
-    cross = permuted_hsic_cross(K, L, perms, unbiased)
+    cross = permuted_hsic_cross(K, L, perms, unbiased, dtype=dtype)
     n = K.shape[-1]
     return _cka_batched(cross, _self(_prep(K, unbiased), n, unbiased),
                         _self(_prep(L, unbiased), n, unbiased))

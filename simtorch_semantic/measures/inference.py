@@ -82,9 +82,16 @@ class InferenceMixin:
 
     #: why this measure cannot do inference (None: it can)
     inference_unsupported: str | None = None
+    #: precision of the permuted Gram products of the permutation null (the Grams are
+    #: double-centred in float64 first; sums and self terms stay float64). float32 halves the
+    #: memory traffic of the gathers; set float64 on an instance for bit-for-bit double nulls.
+    permutation_dtype = torch.float32
 
     def _init_inference(self, n_bootstrap=0, n_permutations=0, confidence=0.95, seed=None,
-                        interval="percentile") -> None:
+                        interval="percentile", **unknown) -> None:
+        if unknown:
+            raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument "
+                            f"{next(iter(unknown))!r}")
         self.n_bootstrap = _check_int("n_bootstrap", n_bootstrap, 2)
         self.n_permutations = _check_int("n_permutations", n_permutations, 1)
         if isinstance(confidence, bool) or not isinstance(confidence, numbers.Real) \
@@ -129,7 +136,8 @@ class InferenceMixin:
             self._inf_terms.append((xy, xx, yy))
         if self.n_permutations:
             perms = random_permutations(Ks.shape[-1], self.n_permutations, self._generator())
-            cross = permuted_hsic_cross(Ks, Ls, perms.to(Ks.device), unbiased, validate=False)
+            cross = permuted_hsic_cross(Ks, Ls, perms.to(Ks.device), unbiased, validate=False,
+                                        dtype=self.permutation_dtype)
             self._inf_null_xy = cross if self._inf_null_xy is None else self._inf_null_xy.add_(cross)
 
     def _keep_grams(self, Ks: torch.Tensor, Ls: torch.Tensor, unbiased: bool) -> None:
@@ -159,6 +167,9 @@ class InferenceMixin:
         gen = self._generator()
         out = {}
         higher = bool(self.higher_is_similar)
+        if self.n_bootstrap and self._inf_terms and len(self._inf_terms) < _FEW_BATCHES:
+            self._note(f"the bootstrap resamples whole batches and only {len(self._inf_terms)} were "
+                       f"seen: its intervals are coarse; use more, smaller batches")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # undefined cells are noted once, above
             if self.n_bootstrap:
@@ -181,9 +192,6 @@ class InferenceMixin:
     def _bootstrap_replicates(self, gen):
         if self._inf_terms:
             xy, xx, yy = (torch.stack(t) for t in zip(*self._inf_terms))
-            if xy.shape[0] < _FEW_BATCHES:
-                self._note(f"the bootstrap resamples whole batches and only {xy.shape[0]} were "
-                           f"seen: its intervals are coarse; use more, smaller batches")
             return streaming_cka_bootstrap(xy, xx, yy, self.n_bootstrap, gen)
         n = self._inference_n_samples()
         idx = bootstrap_indices(n, self.n_bootstrap, gen)
@@ -217,7 +225,8 @@ class InferenceMixin:
         perms = random_permutations(n, self.n_permutations, gen)
         if self._inf_grams is not None:
             Ks, Ls, unbiased = self._inf_grams
-            return cka_permutation_null_from_grams(Ks, Ls, perms.to(Ks.device), unbiased)
+            return cka_permutation_null_from_grams(Ks, Ls, perms.to(Ks.device), unbiased,
+                                                   dtype=self.permutation_dtype)
         return self._recompute(perms, same_for_both=False, desc="permutations")
 
     # -- helpers

@@ -1,0 +1,81 @@
+"""Cost of inference on the streaming CKA (issue 11), P1 setting of bench_cka.py.
+
+    PYTHONPATH=. python3 benchmarks/bench_inference.py [--repeats 3] [--n-bootstrap 1000]
+                                                       [--n-permutations 1000]
+
+ResNet-18 vs ResNet-34 (random init), all 14 x 22 block outputs, N = 512 random 3x96x96
+inputs, batch 64, CPU. In one process and alternately: the plain ``CKA(s1, s2).compute`` and
+``CKA(s1, s2, n_bootstrap=B, n_permutations=P, seed=0).compute`` on the same batches; the ratio
+is inference time / plain time of the same repeat, median over repeats, in wall time and in
+process CPU time (the machine may be shared: CPU time is what the process itself spent). Also
+times the result step alone (intervals, p-values) and reports the load average before/after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_cka import RandomImages, make_models  # noqa: E402
+
+from simtorch_semantic.measures.cka import CKA  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--n-bootstrap", type=int, default=1000)
+    parser.add_argument("--n-permutations", type=int, default=1000)
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    s1, s2 = make_models()
+    batches = [b for b in DataLoader(RandomImages(512), batch_size=64)]
+    plain = CKA(s1, s2)
+    inferred = CKA(s1, s2, n_bootstrap=args.n_bootstrap, n_permutations=args.n_permutations, seed=0)
+
+    def run(measure):
+        return measure.compute(batches, progress=False)
+
+    run(plain), run(inferred)  # warm-up
+    t_plain, t_inf, t_result, c_plain, c_inf = [], [], [], [], []
+    for _ in range(args.repeats):
+        for measure, store, cpu in ((plain, t_plain, c_plain), (inferred, t_inf, c_inf)):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            run(measure)
+            store.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+        start = time.perf_counter()
+        inferred.result()  # the result step alone: intervals, p-values, adjusted p-values
+        t_result.append(time.perf_counter() - start)
+    ratios = [i / p for i, p in zip(t_inf, t_plain)]
+    cpu_ratios = [i / p for i, p in zip(c_inf, c_plain)]
+    print(json.dumps({
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads",
+        "load_average_before": [round(v, 2) for v in load_before],
+        "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        "n_bootstrap": args.n_bootstrap, "n_permutations": args.n_permutations,
+        "plain_s_median": round(statistics.median(t_plain), 3),
+        "inference_s_median": round(statistics.median(t_inf), 3),
+        "result_step_s_median": round(statistics.median(t_result), 3),
+        "ratio_median": round(statistics.median(ratios), 3),
+        "ratios": [round(r, 3) for r in ratios],
+        "plain_cpu_s_median": round(statistics.median(c_plain), 3),
+        "inference_cpu_s_median": round(statistics.median(c_inf), 3),
+        "cpu_ratio_median": round(statistics.median(cpu_ratios), 3),
+        "cpu_ratios": [round(r, 3) for r in cpu_ratios],
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
