@@ -53,6 +53,7 @@ from ..functional.semantic import (
     semantic_sim_parallel,
     similarity_calculation,
 )
+from ..distributed import pair_sharding
 from .collect import CollectingSimilarity
 from .inference import INFERENCE_OPTIONS
 
@@ -267,11 +268,12 @@ class SemanticCKA(CollectingSimilarity):
         if n < need:
             raise ValueError(f"SemanticCKA needs at least {need} samples "
                              f"({'unbiased' if self.unbiased else 'biased'} HSIC), got {n}")
-        Ks = self._rsms(acts1, self.sim_model1)
-        built = {}
-        for layer, K in zip([l for l in self.sim_model1.layers if l in acts1], Ks):
-            built.setdefault(layer, []).append((acts1[layer], K))
-        Ls = self._rsms(acts2, self.sim_model2, reuse=built)  # identical layers are not redone
+        with pair_sharding(self._many):  # under torch.distributed each rank solves its share
+            Ks = self._rsms(acts1, self.sim_model1)
+            built = {}
+            for layer, K in zip([l for l in self.sim_model1.layers if l in acts1], Ks):
+                built.setdefault(layer, []).append((acts1[layer], K))
+            Ls = self._rsms(acts2, self.sim_model2, reuse=built)  # identical layers are not redone
         M = rsm_cka_matrix(Ks, Ls, unbiased=self.unbiased, psd=self.psd, device=self.device)
         if self.inference_active:  # the RSMs are resampled by index gathers for inference
             clip = psd_clip if self.psd == "clip" else np.asarray
