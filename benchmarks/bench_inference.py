@@ -34,6 +34,7 @@ from simtorch_semantic.measures.cka import CKA  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up runs")
     parser.add_argument("--n-bootstrap", type=int, default=1000)
     parser.add_argument("--n-permutations", type=int, default=1000)
     args = parser.parse_args()
@@ -46,7 +47,8 @@ def main() -> None:
     def run(measure):
         return measure.compute(batches, progress=False)
 
-    run(plain), run(inferred)  # warm-up
+    if not args.no_warmup:
+        run(plain), run(inferred)  # warm-up
     t_plain, t_inf, t_result, c_plain, c_inf = [], [], [], [], []
     for _ in range(args.repeats):
         for measure, store, cpu in ((plain, t_plain, c_plain), (inferred, t_inf, c_inf)):

@@ -6,12 +6,15 @@ it owns the options (``n_bootstrap``, ``n_permutations``, ``confidence``, ``seed
 ``p_value``, ``p_value_adjusted``, ``null_mean`` and ``calibrated`` arrays. The math lives in
 :mod:`simtorch_semantic.functional.inference`. Three routes, picked by what the measure keeps:
 
-streaming (per-batch HSIC terms)
-    The streaming CKA calls :meth:`_inference_batch` with each batch's Grams and HSIC terms.
-    For the bootstrap it keeps the terms (``xy [L1, L2]``, ``xx [L1]``, ``yy [L2]`` per batch,
-    float64) and resamples *batches*; for the permutation test it adds, batch by batch, the
-    cross terms of ``n_permutations`` within-batch permutations to a ``[R, L1, L2]`` sum. No
-    Gram is kept, no extra forward pass is run, memory is flat in the number of samples.
+streaming (per-batch HSIC terms; measures with ``inference_streaming = True``)
+    For the bootstrap the measure keeps each batch's HSIC terms (``keep_batch_stats``: the
+    ``"cat"`` states ``batch_hsic_xy [B, L1, L2]``, ``batch_hsic_xx [B, L1]``,
+    ``batch_hsic_yy [B, L2]``, read with ``batch_stats()``) and *batches* are resampled; for
+    the permutation test it calls :meth:`_inference_batch` with each batch's Grams, which adds
+    the cross terms of ``n_permutations`` within-batch permutations to the ``"sum"`` state
+    ``inference_null_xy [R, L1, L2]`` (divided at the end by the totals ``hsic_xx``,
+    ``hsic_yy``). No Gram is kept, no extra forward pass is run, memory is flat in the number of
+    samples, and both states are reduced across processes by the state registry.
 Gram matrices of all samples (full CKA, semantic CKA)
     The measure hands its ``[L, N, N]`` Grams to :meth:`_keep_grams`; resamples and
     permutations are index gathers of them (the kernel, and an RBF bandwidth, stay those of the
@@ -82,6 +85,8 @@ class InferenceMixin:
 
     #: why this measure cannot do inference (None: it can)
     inference_unsupported: str | None = None
+    #: True for measures that offer the streaming route (per-batch HSIC states)
+    inference_streaming = False
     #: precision of the permuted Gram products of the permutation null (the Grams are
     #: double-centred in float64 first; sums and self terms stay float64). float32 halves the
     #: memory traffic of the gathers; set float64 on an instance for bit-for-bit double nulls.
@@ -109,6 +114,13 @@ class InferenceMixin:
         if self.inference_active and self.inference_unsupported:
             raise ValueError(f"{type(self).__name__}: {self.inference_unsupported}; leave "
                              "n_bootstrap and n_permutations at 0")
+        if self.inference_streaming:
+            if self.n_bootstrap:
+                self.keep_batch_stats = True
+            if self.n_permutations:
+                R = self.n_permutations
+                self.add_state("inference_null_xy",
+                               lambda n1, n2: torch.zeros(R, n1, n2, dtype=torch.float64))
 
     @property
     def inference_active(self) -> bool:
@@ -118,8 +130,6 @@ class InferenceMixin:
     def _reset_inference(self) -> None:
         self._inf_generator = None
         self._inf_seed = None
-        self._inf_terms = []        # per-batch (xy, xx, yy) of the streaming route
-        self._inf_null_xy = None    # [R, L1, L2] permuted cross sums of the streaming route
         self._inf_grams = None      # (Ks, Ls, unbiased) of the Gram route
 
     def _generator(self) -> torch.Generator:
@@ -127,18 +137,15 @@ class InferenceMixin:
             self._inf_generator, self._inf_seed = make_generator(self.seed, self.device)
         return self._inf_generator
 
-    def _inference_batch(self, Ks: torch.Tensor, Ls: torch.Tensor, xy, xx, yy, unbiased: bool) -> None:
-        """Streaming route: one batch's Grams ``[L1, n, n]``, ``[L2, n, n]`` and HSIC terms.
-        Runs on the measure's device without host synchronisation."""
-        if not self.inference_active:
+    def _inference_batch(self, Ks: torch.Tensor, Ls: torch.Tensor, unbiased: bool) -> None:
+        """Streaming route: add one batch's permuted cross terms (Grams ``[L1, n, n]``,
+        ``[L2, n, n]``) to ``inference_null_xy``; on the measure's device, no host sync."""
+        if not self.n_permutations:
             return
-        if self.n_bootstrap:
-            self._inf_terms.append((xy, xx, yy))
-        if self.n_permutations:
-            perms = random_permutations(Ks.shape[-1], self.n_permutations, self._generator())
-            cross = permuted_hsic_cross(Ks, Ls, perms.to(Ks.device), unbiased, validate=False,
-                                        dtype=self.permutation_dtype)
-            self._inf_null_xy = cross if self._inf_null_xy is None else self._inf_null_xy.add_(cross)
+        perms = random_permutations(Ks.shape[-1], self.n_permutations, self._generator())
+        cross = permuted_hsic_cross(Ks, Ls, perms.to(Ks.device), unbiased, validate=False,
+                                    dtype=self.permutation_dtype)
+        self.inference_null_xy.add_(cross)
 
     def _keep_grams(self, Ks: torch.Tensor, Ls: torch.Tensor, unbiased: bool) -> None:
         """Gram route: the ``[L1, N, N]`` and ``[L2, N, N]`` kernel matrices of all samples."""
@@ -155,7 +162,7 @@ class InferenceMixin:
                               "adjusted": "westfall-young max-T (standardised)"}}
 
     def _resampled_unit(self) -> str:
-        if self._inf_terms or self._inf_null_xy is not None:
+        if self.inference_streaming:
             return "batches (bootstrap); samples within each batch (permutations)"
         return "samples"
 
@@ -167,8 +174,8 @@ class InferenceMixin:
         gen = self._generator()
         out = {}
         higher = bool(self.higher_is_similar)
-        if self.n_bootstrap and self._inf_terms and len(self._inf_terms) < _FEW_BATCHES:
-            self._note(f"the bootstrap resamples whole batches and only {len(self._inf_terms)} were "
+        if self.n_bootstrap and self.inference_streaming and self._n_batches < _FEW_BATCHES:
+            self._note(f"the bootstrap resamples whole batches and only {self._n_batches} were "
                        f"seen: its intervals are coarse; use more, smaller batches")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # undefined cells are noted once, above
@@ -190,9 +197,9 @@ class InferenceMixin:
 
     # -- bootstrap
     def _bootstrap_replicates(self, gen):
-        if self._inf_terms:
-            xy, xx, yy = (torch.stack(t) for t in zip(*self._inf_terms))
-            return streaming_cka_bootstrap(xy, xx, yy, self.n_bootstrap, gen)
+        if self.inference_streaming:
+            stats = self.batch_stats()
+            return streaming_cka_bootstrap(stats["xy"], stats["xx"], stats["yy"], self.n_bootstrap, gen)
         n = self._inference_n_samples()
         idx = bootstrap_indices(n, self.n_bootstrap, gen)
         if self._inf_grams is not None:
@@ -200,9 +207,9 @@ class InferenceMixin:
         return self._recompute(idx, same_for_both=True, desc="bootstrap")
 
     def _jackknife_values(self):
-        if self._inf_terms:
-            xy, xx, yy = (torch.stack(t) for t in zip(*self._inf_terms))
-            return streaming_cka_jackknife(xy, xx, yy)
+        if self.inference_streaming:
+            stats = self.batch_stats()
+            return streaming_cka_jackknife(stats["xy"], stats["xx"], stats["yy"])
         n = self._inference_n_samples()
         groups = min(n, _JACKKNIFE_GROUPS)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
@@ -218,9 +225,9 @@ class InferenceMixin:
 
     # -- permutations
     def _permutation_null(self, gen):
-        if self._inf_null_xy is not None:
-            xy, xx, yy = self._sums()[:3]
-            return cka_from_hsic(self._all_reduce(self._inf_null_xy), xx[None, :, None], yy[None, None, :])
+        if self.inference_streaming:
+            return cka_from_hsic(self.inference_null_xy, self.hsic_xx[None, :, None],
+                                 self.hsic_yy[None, None, :])
         n = self._inference_n_samples()
         perms = random_permutations(n, self.n_permutations, gen)
         if self._inf_grams is not None:
