@@ -132,10 +132,22 @@ class InferenceMixin:
         self._inf_seed = None
         self._inf_grams = None      # (Ks, Ls, unbiased) of the Gram route
 
+    def _seed_used(self) -> int:
+        if self._inf_seed is None:
+            self._inf_seed = make_generator(self.seed)[1]  # draws a fresh one when seed is None
+        return self._inf_seed
+
     def _generator(self) -> torch.Generator:
+        """Generator of the per-batch draws (a stream derived from the seed)."""
         if self._inf_generator is None:
-            self._inf_generator, self._inf_seed = make_generator(self.seed, self.device)
+            derived = (self._seed_used() * 1_000_003 + 1) % (2 ** 63)
+            self._inf_generator = make_generator(derived, self.device)[0]
         return self._inf_generator
+
+    def _result_generator(self) -> torch.Generator:
+        """A fresh generator from the seed for the draws at ``result()``: every process of a
+        torch.distributed run, whatever batches it saw, draws the same resamples."""
+        return make_generator(self._seed_used(), self.device)[0]
 
     def _inference_batch(self, Ks: torch.Tensor, Ls: torch.Tensor, unbiased: bool) -> None:
         """Streaming route: add one batch's permuted cross terms (Grams ``[L1, n, n]``,
@@ -157,7 +169,7 @@ class InferenceMixin:
             return {}
         return {"inference": {"n_bootstrap": self.n_bootstrap, "n_permutations": self.n_permutations,
                               "confidence": self.confidence, "interval": self.interval,
-                              "seed": self._inf_seed if self._inf_seed is not None else self.seed,
+                              "seed": self._seed_used(),
                               "resampled": self._resampled_unit(),
                               "adjusted": "westfall-young max-T (standardised)"}}
 
@@ -171,7 +183,7 @@ class InferenceMixin:
         """The inference arrays for ``matrix [L1, L2]`` (empty when inference is off)."""
         if not self.inference_active:
             return {}
-        gen = self._generator()
+        gen = self._result_generator()
         out = {}
         higher = bool(self.higher_is_similar)
         if self.n_bootstrap and self.inference_streaming and self._n_batches < _FEW_BATCHES:
