@@ -53,7 +53,6 @@ Calibrated scores
 from __future__ import annotations
 
 import numbers
-import warnings
 
 import numpy as np
 import torch
@@ -614,11 +613,3 @@ def null_z_scores(score, null) -> np.ndarray:
         mean = np.nanmean(nul, axis=0)
         sd = np.nanstd(nul, axis=0, ddof=1) if nul.shape[0] > 1 else np.full_like(s, np.nan)
         return (s - mean) / np.where(sd > 0, sd, np.nan)
-
-
-def _null_mean(null) -> np.ndarray:
-    nul = _f64_numpy(null, "null")
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells give NaN quietly
-        return np.nanmean(nul, axis=0)
-
