@@ -31,14 +31,57 @@ from bench_cka import RandomImages, make_models  # noqa: E402
 from simtorch_semantic.measures.cka import CKA  # noqa: E402
 
 
+def components(repeats: int) -> dict:
+    """CPU seconds (1 thread) per P1 batch: the permutation null's gathers and products for
+    1000 permutations (float64 and float32) against the forward pass of both models."""
+    import torchvision
+
+    from simtorch_semantic.functional.inference import make_generator, permuted_hsic_cross, random_permutations
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    Ks = torch.randn(14, 64, 64, generator=g, dtype=torch.float64)
+    Ls = torch.randn(22, 64, 64, generator=g, dtype=torch.float64)
+    Ks, Ls = Ks @ Ks.transpose(1, 2), Ls @ Ls.transpose(1, 2)
+    gen = make_generator(0)[0]
+    out = {}
+    for name, dtype in (("null_float64_cpu_s", torch.float64), ("null_float32_cpu_s", torch.float32)):
+        times = []
+        for _ in range(repeats):
+            start = time.process_time()
+            permuted_hsic_cross(Ks, Ls, random_permutations(64, 1000, gen), True, validate=False,
+                                dtype=dtype)
+            times.append(time.process_time() - start)
+        out[name] = round(statistics.median(times), 3)
+    r18 = torchvision.models.resnet18(weights=None).eval()
+    r34 = torchvision.models.resnet34(weights=None).eval()
+    x = torch.randn(64, 3, 96, 96, generator=g)
+    times = []
+    with torch.no_grad():
+        r18(x), r34(x)
+        for _ in range(repeats):
+            start = time.process_time()
+            r18(x), r34(x)
+            times.append(time.process_time() - start)
+    out["forward_both_cpu_s"] = round(statistics.median(times), 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--components", action="store_true",
+                        help="only the per-batch component timings (1 thread, CPU time)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up runs")
     parser.add_argument("--n-bootstrap", type=int, default=1000)
     parser.add_argument("--n-permutations", type=int, default=1000)
     args = parser.parse_args()
     load_before = os.getloadavg()
+    if args.components:
+        print(json.dumps({"load_average_before": [round(v, 2) for v in load_before],
+                          **components(args.repeats),
+                          "load_average_after": [round(v, 2) for v in os.getloadavg()]}, indent=1))
+        return
     s1, s2 = make_models()
     batches = [b for b in DataLoader(RandomImages(512), batch_size=64)]
     plain = CKA(s1, s2)
