@@ -8,8 +8,8 @@ p1   ResNet-18 vs ResNet-34 (random init, seed 0), every block output (14 x 22 l
      "1 x 2": this process with torch.set_num_threads(2) over DataLoader(dataset, 64);
      "2 x 1": two gloo ranks with one thread each over shard_loader(dataset, 64), 4 batches each,
      timed on rank 0 from a barrier before compute() to its return (the reduction included).
-rsm  get_or_calculate_RSM of one layer, N = 64 samples, S = 49 positions, C = 64 channels, exact
-     matching (2016 pair problems): 1 process with n_workers=2 vs 2 ranks with n_workers=1 each.
+rsm  get_or_calculate_RSM of one layer, N = 96 samples, S = 49 positions, C = 64 channels, exact
+     matching (4560 pair problems): 1 process with n_workers=2 vs 2 ranks with n_workers=1 each.
 
 The two set-ups run alternately (one repeat of each in turn) so that the load of the machine hits
 both alike; every figure is the median over repeats of the wall time of one compute. The process
@@ -54,7 +54,7 @@ def make_measure():
 
 def rsm_inputs():
     g = torch.Generator().manual_seed(1)
-    return {"layer": torch.relu(torch.randn(64, 64, 7, 7, generator=g))}
+    return {"layer": torch.relu(torch.randn(96, 64, 7, 7, generator=g))}
 
 
 def run_rsm(n_workers):

@@ -91,7 +91,7 @@ def init_from_env(device="cpu", timeout: float | None = None):
 
     Returns:
         The ``torch.device`` this rank should use. Does nothing but map the device when a group
-        is already initialised.
+        is already initialised or when not launched by torchrun (one process).
     """
     global _owned
     device = torch.device(device)
@@ -99,7 +99,7 @@ def init_from_env(device="cpu", timeout: float | None = None):
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if dist.is_initialized():
+    if dist.is_initialized() or not launched_by_torchrun():
         return device
     if timeout is None:
         timeout = float(os.environ.get("SIMTORCH_SEMANTIC_DIST_TIMEOUT", _DEFAULT_TIMEOUT_S))

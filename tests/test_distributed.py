@@ -172,12 +172,35 @@ def error_scenarios(world):
     return errors, after
 
 
+def dying_scenario(world):
+    """Rank 1 dies without a word in its second batch; rank 0 must stop with an error."""
+    rank = sdist.rank()
+
+    def confounder(batch):
+        if rank == 1 and confounder.calls == 1:
+            os._exit(3)
+        confounder.calls += 1
+        return batch[0]
+
+    confounder.calls = 0
+    m1, m2 = models()
+    try:
+        DeltaCKA(m1, m2, confounder=confounder).compute(sdist.shard_loader(dataset(), 4),
+                                                        progress=False)
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {exc}"
+    return "no error"
+
+
 # ------------------------------------------------------------------ process harness
 def _entry(kind, rank, world, init_file, out_dir):
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                                          world_size=world, timeout=datetime.timedelta(seconds=90))
     try:
+        if kind == "dying":
+            np.savez(os.path.join(out_dir, f"rank{rank}.npz"), error=np.array(dying_scenario(world)))
+            os._exit(0)  # no collective teardown with a dead peer
         if kind == "results":
             values = results_scenarios(world, Path(out_dir) / "cache")
             np.savez(os.path.join(out_dir, f"rank{rank}.npz"), **values)
@@ -193,8 +216,8 @@ def _entry(kind, rank, world, init_file, out_dir):
         torch.distributed.destroy_process_group()
 
 
-def run_group(tmp_path, kind, world):
-    """Run ``kind`` on ``world`` spawned processes; per-rank dicts of the saved arrays."""
+def run_group(tmp_path, kind, world, exitcodes=None):
+    """Run ``kind`` on ``world`` forked processes; per-rank dicts of the saved arrays."""
     out = tmp_path / f"{kind}{world}"
     out.mkdir()
     ctx = mp.get_context("fork")  # no re-import of torch in each process (seconds under load)
@@ -209,8 +232,10 @@ def run_group(tmp_path, kind, world):
             p.kill()
     errs = [f.read_text() for f in sorted(out.glob("*.err"))]
     assert not errs, "\n".join(errs)
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
-    return [dict(np.load(out / f"rank{r}.npz", allow_pickle=False)) for r in range(world)]
+    codes = [p.exitcode for p in procs]
+    assert codes == (exitcodes or [0] * world), codes
+    return [dict(np.load(out / f"rank{r}.npz", allow_pickle=False)) if codes[r] == 0 else None
+            for r in range(world)]
 
 
 @pytest.fixture(scope="module")
@@ -261,6 +286,13 @@ def test_a_failing_rank_stops_every_rank(tmp_path, reference):
         assert "more than one rank" in msg["padding"] and "shard_loader" in msg["padding"]
         assert "shard_loader" in msg["plain_loader"]
         np.testing.assert_allclose(got["after"], reference["cka"], rtol=0, atol=1e-12)
+
+
+def test_a_rank_that_dies_does_not_hang_the_others(tmp_path):
+    ranks = run_group(tmp_path, "dying", 2, exitcodes=[0, 3])
+    message = str(ranks[0]["error"])
+    assert "RankFailedError" in message and "rank 0 of 2" in message, message
+    assert "another rank has probably stopped" in message
 
 
 # ------------------------------------------------------------------ helpers without a group

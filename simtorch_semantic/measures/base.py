@@ -71,8 +71,10 @@ class BaseSimilarity(InferenceMixin):
     device : str or torch.device
         Where the measure keeps its state and does its math. Activations are computed on each
         model's own device and moved here.
-    input_key : str, optional
-        For loaders that yield dicts: the key holding the model input.
+    input_key : str or list of str, optional
+        For loaders that yield dicts: the key holding the model input, or the keys passed to
+        the model as keyword arguments; None passes the whole dict (``model(**batch)``, e.g. a
+        tokenizer's ``input_ids``/``attention_mask``).
     input_fn : callable, optional
         ``input_fn(batch) -> model input`` for any other batch structure.
     n_bootstrap, n_permutations, confidence, seed, interval :
@@ -251,6 +253,15 @@ class BaseSimilarity(InferenceMixin):
         feats2 = self.sim_model2.capture(x2, reduce=self._reduce)
         if self._nonfinite1 is None:
             self._size_states(len(feats1), len(feats2))
+        # rows: the batch size, or the valid tokens with token_reduction="tokens"
+        rows1, rows2 = self.sim_model1.n_rows, self.sim_model2.n_rows
+        if rows1 != rows2:
+            raise ValueError(
+                f"batch {self._n_batches}: {self.sim_model1.model_name} gives {rows1} rows per "
+                f"layer but {self.sim_model2.model_name} gives {rows2}; with "
+                "token_reduction='tokens' both models must see the same tokens (same tokenizer "
+                "and attention mask)")
+        n = n if rows1 is None else rows1
         self._update_state(feats1, feats2, batch)
         self._n_samples += n
         self._n_batches += 1
