@@ -16,9 +16,11 @@ from .inference import (bca_interval, calibrated_scores, percentile_interval, pe
                         permuted_hsic_cross, streaming_cka_bootstrap, westfall_young_p_values)
 from .kernels import center_gram, linear_gram, median_bandwidth, rbf_gram, sq_distances, streaming_linear_gram
 from .matching import SOLVERS, assignment_objective, check_exact_feasible, estimate_exact_seconds, solve_assignment
+from .matching import MATCHINGS, CertifiedAssignment, batched_auction, choose_solver, dual_bound, estimate_seconds
 from .procrustes import procrustes_angular, procrustes_disparity, procrustes_nuclear_norm
 from .rsa import COMPARE_METHODS, RDM_METRICS, compare_rdms, compare_rdms_all_pairs, double_center, rdm, upper_triangle
 from .semantic import KERNELS, LAYOUTS, perm_inv_semantic_sim, semantic_sim_parallel, similarity_calculation
+from .semantic import pool_positions
 
 __all__ = [
     "linear_gram", "streaming_linear_gram", "center_gram", "sq_distances", "median_bandwidth", "rbf_gram",
@@ -30,7 +32,9 @@ __all__ = [
     "procrustes_disparity", "procrustes_angular", "procrustes_nuclear_norm",
     "CCA_VARIANTS", "cca", "cca_similarity", "svcca", "pwcca",
     "SOLVERS", "solve_assignment", "assignment_objective", "estimate_exact_seconds", "check_exact_feasible",
+    "MATCHINGS", "CertifiedAssignment", "batched_auction", "dual_bound", "estimate_seconds", "choose_solver",
     "KERNELS", "LAYOUTS", "perm_inv_semantic_sim", "semantic_sim_parallel", "similarity_calculation",
+    "pool_positions",
     "percentile_interval", "bca_interval", "streaming_cka_bootstrap", "permuted_hsic_cross",
     "permutation_p_values", "westfall_young_p_values", "calibrated_scores",
 ]
