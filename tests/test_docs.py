@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 API_PAGES = {
     "simtorch_semantic": None,                         # top level: documented on any API page
     "simtorch_semantic.functional": "functional",
+    "simtorch_semantic.functional.inference": "functional",
     "simtorch_semantic.measures": "measures",
     "simtorch_semantic.results": "results",
     "simtorch_semantic.plotting": "plotting",

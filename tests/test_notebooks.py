@@ -85,9 +85,14 @@ def test_stored_activations_notebook_runs_offline(tmp_path, monkeypatch):
     assert all(float(row[-1]) < 1e-9 for row in rows), rows
 
 
-def test_catalogue_notebook_runs_offline(tmp_path, monkeypatch):
-    outputs = run_notebook("catalogue.ipynb", tmp_path, monkeypatch)
+def test_catalogue_and_inference_notebook_runs_offline(tmp_path, monkeypatch):
+    outputs = run_notebook("catalogue_and_inference.ipynb", tmp_path, monkeypatch)
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert "measures:" in text and "invariant to:" in text
     rows = [line for line in text.splitlines() if "(identical inputs:" in line]
     assert len(rows) == 7, text
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert images                                            # heatmap with hatching, layer curve
+    # a real comparison: every cell significant; no correspondence: none
+    assert "significant cells (family-wise 5%): 16 of 16" in text
+    assert "significant cells (family-wise 5%): 0" in text

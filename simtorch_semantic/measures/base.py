@@ -77,7 +77,8 @@ class BaseSimilarity(InferenceMixin):
         tokenizer's ``input_ids``/``attention_mask``).
     input_fn : callable, optional
         ``input_fn(batch) -> model input`` for any other batch structure.
-    n_bootstrap, n_permutations, confidence, seed, interval :
+    **inference
+        ``n_bootstrap``, ``n_permutations``, ``confidence``, ``seed``, ``interval``.
         Inference for every cell (keyword-only, every measure; off by default): bootstrap
         intervals, permutation p-values (per cell and family-wise adjusted) and calibrated
         scores in the result. See :class:`~simtorch_semantic.measures.inference.InferenceMixin`
