@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..functional.cca import CCA_VARIANTS, _basis, _check_degenerate, _check_options, _similarity_from_bases
+from ..functional.cca import (CCA_VARIANTS, _basis, _check_degenerate, _check_options,
+                              _similarity_from_bases, input_eps)
 from ..functional.rsa import _canonical
 from .collect import CollectingSimilarity
 
@@ -70,7 +71,8 @@ class CCA(CollectingSimilarity):
         for layer, act in self._layer_items(acts, model, "CCA bases"):
             X = act.reshape(act.shape[0], -1).to(self.device, torch.float64)
             try:
-                b = _basis(X, "X", self.epsilon, self.dims, keep)
+                # the rank cut-off follows the layer's own precision (float32 round-off is not rank)
+                b = _basis(X, "X", self.epsilon, self.dims, keep, eps=input_eps(act))
             except ValueError:
                 self._note(
                     f"layer {layer!r} of {model.model_name} is constant over the samples: its "
