@@ -12,7 +12,8 @@ accuracy        float32 vs float64 RDM error on data whose mean is 1000x its spr
                 RSA vs linear CKA at n = 2000 (the identity, in float64).
 duplicates      rdm(X, "pearson") and rdm(X, "L2") of X = 3000 x 1024 float32 without and with 10%
                 duplicated rows, against X @ X.T in float64 in the same run (the ratio is what
-                counts on a shared machine), plus the largest RDM entry between duplicates in
+                counts on a shared machine), the share of rdm's time spent screening for and
+                recomputing close pairs, and the largest RDM entry between duplicates in
                 float64 and float32 (exactly 0 is the target).
 
 Prints one JSON object; numbers go to benchmarks/RESULTS.md by hand.
@@ -122,6 +123,29 @@ def bench_duplicates(repeats):
         for metric in ("pearson", "L2"):
             out[f"{name}_{metric}_float64_s"] = timed(lambda: rdm(Z, metric), repeats)
     out["distinct_pearson_ratio_to_gemm"] = round(out["distinct_pearson_float64_s"] / out["gemm_float64_s"], 2)
+    # share of rdm's time spent screening and recomputing close pairs (same run, so load cancels)
+    from simtorch_semantic.functional import rsa as rsa_module
+
+    real = rsa_module._refine_close_pairs
+    for name, Z in (("distinct", X), ("dup10pct", dup)):
+        spent = []
+
+        def timed_refine(*args, **kwargs):
+            start = time.perf_counter()
+            real(*args, **kwargs)
+            spent.append(time.perf_counter() - start)
+
+        rsa_module._refine_close_pairs = timed_refine
+        try:
+            shares = []
+            for _ in range(repeats):
+                spent.clear()
+                start = time.perf_counter()
+                rdm(Z, "pearson")
+                shares.append(sum(spent) / (time.perf_counter() - start))
+        finally:
+            rsa_module._refine_close_pairs = real
+        out[f"{name}_pearson_refine_share"] = round(statistics.median(shares), 3)
     out["dup10pct_pearson_ratio_to_gemm"] = round(out["dup10pct_pearson_float64_s"] / out["gemm_float64_s"], 2)
     rows, copies = torch.arange(0, 3000, 10), torch.arange(1, 3000, 10)
     for dtype in (torch.float64, torch.float32):

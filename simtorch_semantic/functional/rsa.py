@@ -194,6 +194,7 @@ def _squared_distances(Z: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
     # Gram-trick entries below tau * (g_i + g_j) have lost more than half of their digits to
     # cancellation (relative error ~ eps (g_i + g_j) / D_ij); they are recomputed directly.
     tau = torch.finfo(Z.dtype).eps ** 0.5
+    screen = tau * 2.0 * g.max()  # no entry above this can need it (0-dim tensor, no sync)
     for s in range(0, n, chunk_size):
         e = min(n, s + chunk_size)
         blk = Zc[s:e] @ Zc[s:].T  # [e - s, n - s]
@@ -202,33 +203,38 @@ def _squared_distances(Z: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
         c = e - s
         diag_blk = blk[:, :c]
         diag_blk.copy_((diag_blk + diag_blk.T) * 0.5)
+        _refine_close_pairs(blk, Z, g, s, c, tau, screen, chunk_size)
         diag_blk.fill_diagonal_(0.0)
-        _refine_close_pairs(blk, Z, g, s, c, tau, chunk_size)
         out[s:e, s:] = blk
         out[e:, s:e] = blk[:, c:].T
     return out
 
 
 def _refine_close_pairs(blk: torch.Tensor, Z: torch.Tensor, g: torch.Tensor, s: int, c: int,
-                        tau: float, chunk_size: int) -> None:
+                        tau: float, screen: torch.Tensor, chunk_size: int) -> None:
     """Recompute, in place, the entries of one block that the Gram trick cannot resolve.
 
     ``blk [c, n - s]`` holds rows ``s .. s + c`` against columns ``s .. n`` of the squared
     distances; an off-diagonal entry with ``D_ij <= tau (g_i + g_j)`` (near or exact duplicates)
     is replaced by ``sum((z_i - z_j)^2)`` evaluated directly: exactly 0 for identical rows,
     accurate for close ones, and symmetric because ``(a - b)^2 == (b - a)^2`` in floating point.
-    Only those pairs are touched (usually none), in slices of at most ``chunk_size`` pairs.
+    The common case (no such pair) costs one ``amin`` over the block: entries above
+    ``screen = 2 tau max(g)`` cannot qualify. Candidates are then filtered pair by pair and
+    recomputed in slices of at most ``chunk_size`` pairs. The diagonal of the block's first
+    ``c`` columns is left as +inf (the caller zeroes it).
     """
-    close = blk <= tau * (g[s:s + c, None] + g[None, s:])
-    close[:, :c].fill_diagonal_(False)
-    idx = close.nonzero()
-    if idx.shape[0] == 0:
+    blk[:, :c].fill_diagonal_(float("inf"))
+    if not bool(blk.amin() <= screen):
         return
+    idx = (blk <= screen).nonzero()
+    r, k = idx[:, 0], idx[:, 1]
+    keep = blk[r, k] <= tau * (g[s + r] + g[s + k])
+    r, k = r[keep], k[keep]
     step = max(1, min(chunk_size, _AUTO_BLOCK_ELEMENTS // max(1, Z.shape[1])))
-    for t in range(0, idx.shape[0], step):
-        r, k = idx[t:t + step, 0], idx[t:t + step, 1]
-        diff = Z[s + r] - Z[s + k]
-        blk[r, k] = (diff * diff).sum(dim=1)
+    for t in range(0, r.shape[0], step):
+        rr, kk = r[t:t + step], k[t:t + step]
+        diff = Z[s + rr] - Z[s + kk]
+        blk[rr, kk] = (diff * diff).sum(dim=1)
 
 
 # --------------------------------------------------------------------------- comparison
