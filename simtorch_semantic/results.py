@@ -272,7 +272,7 @@ class SimilarityResult:
 
         try:
             spec = get_measure(self.measure)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, ImportError):  # unknown, or a family's extra is missing
             return None
         if bool(spec.higher_is_similar) != bool(self.higher_is_similar):
             return None
