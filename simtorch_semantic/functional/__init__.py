@@ -13,9 +13,11 @@ from .dcka import DeconfoundedHSIC, dcka, dcka_from_hsic, dcka_hsic_terms, decon
 from .hsic import hsic_all_pairs, hsic_biased, hsic_unbiased
 from .kernels import center_gram, linear_gram, median_bandwidth, rbf_gram, sq_distances, streaming_linear_gram
 from .matching import SOLVERS, assignment_objective, check_exact_feasible, estimate_exact_seconds, solve_assignment
+from .matching import MATCHINGS, CertifiedAssignment, batched_auction, choose_solver, dual_bound, estimate_seconds
 from .procrustes import procrustes_angular, procrustes_disparity, procrustes_nuclear_norm
 from .rsa import COMPARE_METHODS, RDM_METRICS, compare_rdms, compare_rdms_all_pairs, double_center, rdm, upper_triangle
 from .semantic import KERNELS, LAYOUTS, perm_inv_semantic_sim, semantic_sim_parallel, similarity_calculation
+from .semantic import pool_positions
 
 __all__ = [
     "linear_gram", "streaming_linear_gram", "center_gram", "sq_distances", "median_bandwidth", "rbf_gram",
@@ -27,5 +29,7 @@ __all__ = [
     "procrustes_disparity", "procrustes_angular", "procrustes_nuclear_norm",
     "CCA_VARIANTS", "cca", "cca_similarity", "svcca", "pwcca",
     "SOLVERS", "solve_assignment", "assignment_objective", "estimate_exact_seconds", "check_exact_feasible",
+    "MATCHINGS", "CertifiedAssignment", "batched_auction", "dual_bound", "estimate_seconds", "choose_solver",
     "KERNELS", "LAYOUTS", "perm_inv_semantic_sim", "semantic_sim_parallel", "similarity_calculation",
+    "pool_positions",
 ]
