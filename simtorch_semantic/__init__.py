@@ -13,7 +13,7 @@ from .functional.semantic import perm_inv_semantic_sim, semantic_sim_parallel, s
 from .images import default_dataset, load_images
 from .measures import CCA, CKA, RSA, BaseSimilarity, CollectingSimilarity, DeltaCKA, Procrustes, SemanticCKA
 from .model import SimilarityModel, default_layers
-from .plotting import plot_rdm, plot_rdm_comparison, plot_similarity_matrix
+from .plotting import plot_corresponding_layers, plot_rdm, plot_rdm_comparison, plot_similarity_matrix
 from .results import SimilarityResult
 from .rsm import get_or_calculate_baseline_RSM, get_or_calculate_RSM
 
@@ -23,7 +23,7 @@ __all__ = [
     "SimilarityResult",
     "perm_inv_semantic_sim", "semantic_sim_parallel", "similarity_calculation",
     "get_or_calculate_RSM", "get_or_calculate_baseline_RSM",
-    "plot_similarity_matrix", "plot_rdm", "plot_rdm_comparison",
+    "plot_similarity_matrix", "plot_rdm", "plot_rdm_comparison", "plot_corresponding_layers",
     "default_dataset", "load_images",
     "SimilarityOverlay",
 ]

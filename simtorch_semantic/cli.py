@@ -179,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seed of the random weights, the augmentations and the sample order "
                       "(default: 0)")
     cmp_.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    cmp_.add_argument("--bootstrap", type=_positive_int(0), default=0, metavar="N",
+                      help="bootstrap resamples for a confidence interval of every cell (default: "
+                      "0, none; e.g. 1000); see docs/inference.md for what is resampled")
+    cmp_.add_argument("--permutations", type=_positive_int(0), default=0, metavar="N",
+                      help="permutations for the p-value, family-wise adjusted p-value and "
+                      "calibrated score of every cell (default: 0, none; e.g. 1000); "
+                      "non-significant cells are hatched in the PNG, and <stem>_cells.csv lists "
+                      "every cell with its interval and p-values")
     return parser
 
 
@@ -247,13 +255,18 @@ _CLI_SET = ("self", "sim_model1", "sim_model2", "device", "input_key", "input_fn
 
 
 def _option_keys(cls) -> list[str] | None:
-    """The keyword arguments ``--option`` may set on measure class ``cls`` (None: any, **kwargs)."""
+    """The keyword arguments ``--option`` may set on measure class ``cls``: its named ones plus
+    the inference options its ``**inference`` forwards (None: open-ended ``**kwargs``)."""
     import inspect
+
+    from .measures.inference import INFERENCE_OPTIONS
     params = inspect.signature(cls.__init__).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
+    extra = [p.name for p in params if p.kind is p.VAR_KEYWORD]
+    if extra and extra != ["inference"]:
         return None
-    return [p.name for p in params
-            if p.name not in _CLI_SET and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    named = [p.name for p in params
+             if p.name not in _CLI_SET and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return named + [k for k in INFERENCE_OPTIONS if extra and k not in named]
 
 
 def _check_option_keys(measure: str, cls, options: list[tuple[str, object]]) -> None:
@@ -446,6 +459,12 @@ def _compare(args) -> int:
         _check_option_keys(args.measure, measures[args.measure], user_options)
     for key, value in user_options:
         options[key] = value
+    if args.bootstrap == 1:
+        raise CLIError("--bootstrap 1: an interval needs at least 2 resamples; use e.g. "
+                       "--bootstrap 1000 (or 0 for none)")
+    if args.bootstrap or args.permutations:  # inference, seeded like the rest of the run
+        options.update(n_bootstrap=args.bootstrap, n_permutations=args.permutations,
+                       seed=args.seed)
     if cls_name == "SemanticCKA":  # plan before work: printed, and held to --max-minutes
         if not args.max_minutes > 0:
             raise CLIError(f"--max-minutes must be a positive number, got {args.max_minutes:g}")
@@ -553,6 +572,10 @@ def _compare(args) -> int:
     rows, cols = result.matrix.shape
     print(f"{args.measure}: {name_a} ({rows} layers) x {name_b} ({cols} layers) over {samples} "
           "(augmented views, shuffled)")
+    if result.p_value_adjusted is not None:
+        significant = int(result.significant(0.05).sum())
+        print(f"{significant} of {rows * cols} cells significant at family-wise p < 0.05 "
+              f"({args.permutations} permutations)")
     for path in written:
         print(f"wrote {path}")
     return 0

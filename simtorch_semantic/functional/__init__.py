@@ -4,13 +4,16 @@ Every function takes torch tensors or NumPy arrays of shape ``[n, ...]`` (flatte
 where the measure needs vectors) and returns float64. One module per family, with the formula in
 its docstring: ``kernels`` (Gram matrices, centring, median bandwidth), ``hsic`` (biased,
 unbiased, all-pairs), ``cka``, ``dcka``, ``rsa`` (RDMs and their comparison), ``procrustes``,
-``cca``, ``matching`` (assignment solvers) and ``semantic`` (permutation-invariant similarity).
+``cca``, ``matching`` (assignment solvers), ``semantic`` (permutation-invariant similarity) and
+``inference`` (bootstrap intervals, permutation nulls and p-values, calibrated scores).
 """
 
 from .cca import CCA_VARIANTS, cca, cca_similarity, pwcca, svcca
 from .cka import cka_from_grams, cka_from_hsic, linear_cka, rbf_cka
 from .dcka import DeconfoundedHSIC, dcka, dcka_from_hsic, dcka_hsic_terms, deconfound_gram
 from .hsic import hsic_all_pairs, hsic_biased, hsic_unbiased
+from .inference import (bca_interval, calibrated_scores, percentile_interval, permutation_p_values,
+                        permuted_hsic_cross, streaming_cka_bootstrap, westfall_young_p_values)
 from .kernels import center_gram, linear_gram, median_bandwidth, rbf_gram, sq_distances, streaming_linear_gram
 from .matching import SOLVERS, assignment_objective, check_exact_feasible, estimate_exact_seconds, solve_assignment
 from .matching import MATCHINGS, CertifiedAssignment, batched_auction, choose_solver, dual_bound, estimate_seconds
@@ -32,4 +35,6 @@ __all__ = [
     "MATCHINGS", "CertifiedAssignment", "batched_auction", "dual_bound", "estimate_seconds", "choose_solver",
     "KERNELS", "LAYOUTS", "perm_inv_semantic_sim", "semantic_sim_parallel", "similarity_calculation",
     "pool_positions",
+    "percentile_interval", "bca_interval", "streaming_cka_bootstrap", "permuted_hsic_cross",
+    "permutation_p_values", "westfall_young_p_values", "calibrated_scores",
 ]

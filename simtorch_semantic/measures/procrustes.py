@@ -45,12 +45,12 @@ class Procrustes(CollectingSimilarity):
     memory_hint = "use fewer samples (max_batches=) or fewer layers"
 
     def __init__(self, sim_model1, sim_model2, angular=False, device="cpu", *, store_device="cpu",
-                 max_memory=None, input_key=None, input_fn=None):
+                 max_memory=None, input_key=None, input_fn=None, **inference):
         if not isinstance(angular, (bool, np.bool_)):
             raise ValueError(f"Procrustes: angular must be True or False, got {angular!r}.")
         self.angular = bool(angular)
         super().__init__(sim_model1, sim_model2, device, store_device=store_device,
-                         max_memory=max_memory, input_key=input_key, input_fn=input_fn)
+                         max_memory=max_memory, input_key=input_key, input_fn=input_fn, **inference)
 
     def _prepared(self, acts: dict, model) -> list:
         out = []

@@ -71,6 +71,7 @@ from ..functional.semantic import (
 from ..distributed import pair_sharding
 from ..distributed import rank as dist_rank
 from .collect import CollectingSimilarity
+from .inference import INFERENCE_OPTIONS
 
 __all__ = ["SemanticCKA", "rsm_cka_matrix", "psd_clip", "PlanTooLarge", "SemanticPlan"]
 
@@ -225,6 +226,7 @@ class SemanticCKA(CollectingSimilarity):
                  device="cpu", n_workers=None, *, unbiased=False, psd=None, layout="auto",
                  store_device="cpu", max_memory=None, input_key=None, input_fn=None,
                  max_minutes=60, max_positions=None, print_plan=None, **matching_options):
+        inference = {k: matching_options.pop(k) for k in INFERENCE_OPTIONS if k in matching_options}
         if kernel not in KERNELS:
             raise ValueError(f"SemanticCKA: unknown kernel {kernel!r}; valid kernels are "
                              f"{list(KERNELS)}")
@@ -268,7 +270,7 @@ class SemanticCKA(CollectingSimilarity):
         self.plan = None
         self.matching_stats = []
         super().__init__(sim_model1, sim_model2, device, store_device=store_device,
-                         max_memory=max_memory, input_key=input_key, input_fn=input_fn)
+                         max_memory=max_memory, input_key=input_key, input_fn=input_fn, **inference)
 
     def _params(self) -> dict:
         p = {"kernel": self.kernel, "matching": self.matching, "baseline": self.baseline,
@@ -485,6 +487,10 @@ class SemanticCKA(CollectingSimilarity):
                 else:
                     self._notes.append(f"{head}; not certified (an approximate solver)")
         M = rsm_cka_matrix(Ks, Ls, unbiased=self.unbiased, psd=self.psd, device=self.device)
+        if self.inference_active:  # the RSMs are resampled by index gathers for inference
+            clip = psd_clip if self.psd == "clip" else np.asarray
+            self._keep_grams(*(torch.as_tensor(np.stack([clip(np.asarray(G, dtype=np.float64)) for G in Gs]),
+                                               device=self.device) for Gs in (Ks, Ls)), self.unbiased)
         bad1 = np.where(np.all(np.isnan(M), axis=1))[0]
         bad2 = np.where(np.all(np.isnan(M), axis=0))[0]
         for model, bad in ((self.sim_model1, bad1), (self.sim_model2, bad2)):
