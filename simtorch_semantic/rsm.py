@@ -316,7 +316,7 @@ def _get_or_calculate(kind, out_dir, representations, batch_size, kernel, matchi
     return {layer: per_kernel[kernels[0]] for layer, per_kernel in results.items()}
 
 
-def get_or_calculate_RSM(out_dir, representations, batch_size=None, kernel="ip",
+def get_or_calculate_RSM(out_dir, representations, batch_size=None, kernel="linear",
                          matching="exact", n_workers=None, progress=True, layout="auto",
                          **matching_options):
     """Permutation-invariant (semantic) RSM of every layer, loaded from or stored in a cache.
@@ -327,7 +327,7 @@ def get_or_calculate_RSM(out_dir, representations, batch_size=None, kernel="ip",
             .npy), or a list of them (layers "0", "1", ...). See the module docstring.
         batch_size: None for the full ``N x N`` RSM; an int for one RSM per consecutive block
             of ``batch_size`` samples (module docstring).
-        kernel: "ip", "cosine", "rbf" or a list of them.
+        kernel: "linear" (old name "ip"), "cosine", "rbf" or a list of them.
         matching: assignment solver (``functional.matching.SOLVERS``); ``**matching_options``
             (e.g. ``k=`` for "batch_optimal") go to it and into the cache key.
         n_workers: solver threads (not part of the key: it does not change the result).
@@ -342,7 +342,7 @@ def get_or_calculate_RSM(out_dir, representations, batch_size=None, kernel="ip",
                              matching, n_workers, progress, layout, matching_options)
 
 
-def get_or_calculate_baseline_RSM(out_dir, representations, batch_size=None, kernel="ip",
+def get_or_calculate_baseline_RSM(out_dir, representations, batch_size=None, kernel="linear",
                                   progress=True, layout="auto"):
     """Spatio-semantic baseline RSM (no permutation) of every layer, with the same cache.
 

@@ -5,6 +5,10 @@ where the measure needs vectors) and returns float64. One module per family, wit
 its docstring: ``kernels`` (Gram matrices, centring, median bandwidth), ``hsic`` (biased,
 unbiased, all-pairs), ``cka``, ``dcka``, ``rsa`` (RDMs and their comparison), ``procrustes``,
 ``cca``, ``matching`` (assignment solvers) and ``semantic`` (permutation-invariant similarity).
+
+Every measure is registered once (``registry``, entries in ``catalogue``);
+:func:`similarity(X, Y, measure, **options) <simtorch_semantic.functional.protocol.similarity>`
+runs any of them on stored activations, with the shared spatial policy of ``spatial``.
 """
 
 from .cca import CCA_VARIANTS, cca, cca_similarity, pwcca, svcca
@@ -16,6 +20,9 @@ from .matching import SOLVERS, assignment_objective, check_exact_feasible, estim
 from .procrustes import procrustes_angular, procrustes_disparity, procrustes_nuclear_norm
 from .rsa import COMPARE_METHODS, RDM_METRICS, compare_rdms, compare_rdms_all_pairs, double_center, rdm, upper_triangle
 from .semantic import KERNELS, LAYOUTS, perm_inv_semantic_sim, semantic_sim_parallel, similarity_calculation
+from .registry import INVARIANCES, MeasureSpec, describe_measure, get_measure, list_measures, register
+from .spatial import SPATIAL_POLICIES
+from .protocol import similarity
 
 __all__ = [
     "linear_gram", "streaming_linear_gram", "center_gram", "sq_distances", "median_bandwidth", "rbf_gram",
@@ -28,4 +35,6 @@ __all__ = [
     "CCA_VARIANTS", "cca", "cca_similarity", "svcca", "pwcca",
     "SOLVERS", "solve_assignment", "assignment_objective", "estimate_exact_seconds", "check_exact_feasible",
     "KERNELS", "LAYOUTS", "perm_inv_semantic_sim", "semantic_sim_parallel", "similarity_calculation",
+    "similarity", "list_measures", "describe_measure", "get_measure", "register", "MeasureSpec",
+    "INVARIANCES", "SPATIAL_POLICIES",
 ]
