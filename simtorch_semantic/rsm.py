@@ -42,13 +42,12 @@ import torch
 from tqdm.auto import tqdm
 
 from simtorch_semantic.results import atomic_write_bytes
-from simtorch_semantic.functional.matching import check_exact_feasible
+from simtorch_semantic.functional.matching import check_exact_feasible, resolve_n_workers
 from simtorch_semantic.functional.semantic import (
     _as_nsc,
     _check_kernels,
     _check_matching,
     _kernels_from_ip,
-    _n_workers,
     _semantic_ip,
     _sq_dists,
     median_sigma,
@@ -257,7 +256,7 @@ def _get_or_calculate(kind, out_dir, representations, batch_size, kernel, matchi
     kernels, was_list = _check_kernels(kernel)
     if kind == "semantic":
         _check_matching(matching)
-        n_workers = _n_workers(n_workers)
+        n_workers = resolve_n_workers(n_workers)
     if batch_size is not None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:

@@ -177,8 +177,9 @@ register(MeasureSpec(
     # the semantic RSM can be indefinite (psd=None): CKA is then a cosine in [-1, 1]
     value_range=(-1.0, 1.0),
     identical_value=1.0,
-    # transformations of the channels, the same at every position
-    invariances=frozenset({"permutation", "orthogonal", "isotropic_scaling"}),
+    # transformations of the channels, the same at every position (translation: the RBF kernel
+    # of aligned pairs and the optimal matching do not change when every position is shifted by c)
+    invariances=frozenset({"permutation", "orthogonal", "isotropic_scaling", "translation"}),
     options={"kernel": "rbf", "matching": "exact", "baseline": False, "unbiased": False,
              "psd": None, "layout": "auto"},
     aliases=("perm_inv_cka", "semantic_cka-kernel=rbf"),

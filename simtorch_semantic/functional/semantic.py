@@ -54,7 +54,7 @@ import torch
 from tqdm.auto import tqdm
 
 from simtorch_semantic.functional._validation import promote, to_tensor
-from simtorch_semantic.functional.matching import SOLVERS, _n_workers, check_exact_feasible, solve_assignment
+from simtorch_semantic.functional.matching import SOLVERS, check_exact_feasible, resolve_n_workers, solve_assignment
 
 __all__ = [
     "KERNELS",
@@ -384,7 +384,7 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
         return ip, nx2, ny2
     if matching == "exact":
         check_exact_feasible(S, P, n_workers=n_workers)
-    workers = _n_workers(n_workers)
+    workers = resolve_n_workers(n_workers)
     itemsize = torch.empty((), dtype=dt).element_size()
     pair_bytes = S * S * itemsize
     on_cpu = xa.device.type == "cpu"
@@ -475,7 +475,7 @@ def semantic_sim_parallel(x, y=None, kernel="linear", matching="exact", n_worker
     kernels, was_list = _check_kernels(kernel)
     _check_matching(matching)
     sigma = _check_sigma(sigma)
-    workers = _n_workers(n_workers)
+    workers = resolve_n_workers(n_workers)
     xs = _as_nsc(x, "x", layout)
     ys = None if y is None else _as_nsc(y, "y", layout)
     if ys is not None:
