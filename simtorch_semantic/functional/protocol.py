@@ -8,6 +8,7 @@ has one (a few batched products), else pair by pair with ``score`` (or ``fn``).
 """
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from typing import Sequence
@@ -59,6 +60,14 @@ def similarity(X, Y, measure: str, *, spatial: str = "flatten", **options) -> fl
     return float(call_with_options(spec.fn, X, Y, options=opts))
 
 
+def _names_param(f, param: str) -> bool:
+    """True when ``f``'s signature has a parameter called ``param`` (not just ``**kwargs``)."""
+    try:
+        return param in inspect.signature(f).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return False
+
+
 def prepare_all(spec: MeasureSpec, acts: Sequence, options: dict, spatial: str = "flatten",
                 names: Sequence[str] | None = None, progress: bool = False, desc: str = "preparing"):
     """Prepare every representation of ``acts`` once.
@@ -78,7 +87,8 @@ def prepare_all(spec: MeasureSpec, acts: Sequence, options: dict, spatial: str =
             X = prepare_input(spec, act, spatial, name)
             try:
                 if spec.prepare is not None:
-                    p = call_with_options(spec.prepare, X, options={**options, "name": name})
+                    extra = {"name": name} if _names_param(spec.prepare, "name") else {}
+                    p = call_with_options(spec.prepare, X, options={**options, **extra})
                 else:
                     p = X if spec.inputs == "outputs" else to_tensor(X, name)
             except DegenerateInputError as exc:
