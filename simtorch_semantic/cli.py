@@ -376,7 +376,7 @@ def _compare(args) -> int:
     if args.measure not in MEASURES and spec is None:
         measures = available_measures()
         from .functional.registry import list_measures
-        known = sorted(set(MEASURES) | set(list_measures()))
+        known = list(MEASURES) + [m for m in list_measures() if m not in MEASURES]
         close = difflib.get_close_matches(args.measure, known, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise CLIError(f"--measure: unknown measure '{args.measure}'{hint}; available: "
@@ -521,8 +521,8 @@ def main(argv=None) -> int:
             print(list_measures_text())
             return 0
         if args.command is None:
-            raise CLIError(f"a command is required: {PROG} compare MODEL_A MODEL_B --out DIR "
-                           f"(or {PROG} --list-measures; see '{PROG} --help')")
+            raise CLIError(f"the following arguments are required: COMMAND (e.g. {PROG} compare "
+                           f"MODEL_A MODEL_B --out DIR), or --list-measures (see '{PROG} --help')")
         if args.command == "compare":
             import torch
             # leave the caller's CPU RNG as it was; print each warning as one line

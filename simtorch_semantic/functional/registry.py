@@ -86,6 +86,9 @@ class MeasureSpec:
     spatial_input : bool
         The measure needs the spatial/token axes itself (receives ``[n, ...]`` as stored; the
         spatial policy is not applied). Default False.
+    paired : bool
+        ``X`` and ``Y`` must hold the same samples in the same order (default True; False for
+        measures of two distributions, such as IMD, which accept ``X [n, ...]`` and ``Y [m, ...]``).
     """
 
     name: str
@@ -107,6 +110,7 @@ class MeasureSpec:
     score_all_pairs: Callable[..., Any] | None = None
     description: str = ""
     spatial_input: bool = False
+    paired: bool = True
 
     def __post_init__(self):
         unknown = set(self.invariances) - set(INVARIANCES)
@@ -135,6 +139,7 @@ class MeasureSpec:
             "streaming": self.streaming,
             "inputs": self.inputs,
             "spatial_input": self.spatial_input,
+            "paired": self.paired,
             "options": dict(self.options),
             "prepare_score": self.prepare is not None,
             "all_pairs": self.score_all_pairs is not None,

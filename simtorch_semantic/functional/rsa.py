@@ -16,8 +16,8 @@ Metrics (``x_i`` is row ``i`` of ``X`` flattened to ``d`` features)::
 Every metric is evaluated as a squared Euclidean distance of a transformed matrix ``Z`` with the
 centred Gram trick: ``Zc = Z - mean over samples`` (which leaves distances unchanged but protects
 precision), ``D_ij = g_i + g_j - 2 <zc_i, zc_j>`` with ``g_i = ||zc_i||^2``, clamped at 0, with an
-exactly zero diagonal and exact symmetry (the upper triangle is mirrored). Rows are processed in
-blocks of ``chunk_size`` written straight into the output, so no ``n x n`` temporary is made.
+exactly zero diagonal and exact symmetry. Rows are processed in blocks of ``chunk_size`` and only
+the upper block triangle is multiplied, so the temporary memory is ``chunk_size x n``.
 
 Undefined entries: a constant pattern has no Pearson correlation with anything, and an all-zero
 pattern has no direction (``cosine``, ``*_normalize``). Their rows and columns of the RDM are NaN
@@ -71,8 +71,8 @@ __all__ = [
 RDM_METRICS = ("pearson", "L2", "L2squared", "L2_normalize", "L2squared_normalize", "cosine")
 COMPARE_METHODS = ("cosine", "pearson", "spearman", "kendall")
 
-# rows per tile when the upper triangle of an RDM is mirrored onto the lower one
-_MIRROR_TILE = 512
+# temporary block of the RDM computation is at most this many elements unless chunk_size is given
+_AUTO_BLOCK_ELEMENTS = 2**25
 
 
 # --------------------------------------------------------------------------- helpers (shared)
@@ -106,8 +106,8 @@ def rdm(
             ``"cosine"`` (1 - cosine similarity). See the module docstring for the formulas.
         dtype: precision of the computation and the result (float64 by default; float32 is
             faster on GPUs).
-        chunk_size: rows per product block (written straight into the output; no ``n x n``
-            temporary either way). ``None``: one product for all rows.
+        chunk_size: rows per block; the temporary memory is ``chunk_size x n`` entries. ``None``
+            picks about ``n / 4`` rows (at least 512), capped at 2**25 entries per block.
         device: where to compute (default: the device of ``X``).
 
     Returns:
@@ -163,31 +163,27 @@ def rdm(
 def _squared_distances(Z: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
     """Exactly symmetric ``[n, n]`` squared Euclidean distances between the rows of ``Z``.
 
-    Centred Gram trick: each block of ``chunk_size`` rows is one ``addmm`` written straight into
-    the output (``g_i + g_j - 2 <zc_i, zc_j>``, no temporary beyond the output); the upper
-    triangle is then mirrored onto the lower one in square tiles (exact symmetry, cache-friendly
-    transposes) and the diagonal set to 0. This costs one full ``Z @ Z.T`` product plus two
-    passes over the output: measured at 1.05x a bare ``X @ X.T`` (benchmarks/RESULTS.md), where
-    multiplying only the upper block triangle and copying each block's transpose cost 1.2-1.3x.
+    Centred Gram trick over row blocks; only blocks on or above the diagonal are multiplied.
     """
     n = Z.shape[0]
     Zc = Z - Z.mean(dim=0, keepdim=True)
     g = (Zc * Zc).sum(dim=1)
     if chunk_size is None:
-        chunk_size = n
+        # a few blocks halve the work (only the upper block triangle is multiplied) while each
+        # product stays large enough to run at full BLAS speed
+        chunk_size = max(1, min(n, _AUTO_BLOCK_ELEMENTS // n, max(512, -(-n // 4))))
     out = torch.empty((n, n), dtype=Z.dtype, device=Z.device)
     for s in range(0, n, chunk_size):
         e = min(n, s + chunk_size)
-        blk = out[s:e]
-        torch.add(g[s:e, None], g[None, :], out=blk)
-        blk.addmm_(Zc[s:e], Zc.T, alpha=-2.0)
-    out.clamp_(min=0.0)
-    tile = _MIRROR_TILE
-    for s in range(0, n, tile):
-        e = min(n, s + tile)
-        out[e:, s:e] = out[s:e, e:].T
-        d = out[s:e, s:e]
-        d.copy_(torch.triu(d, 1) + torch.triu(d, 1).T)
+        blk = Zc[s:e] @ Zc[s:].T  # [e - s, n - s]
+        blk.mul_(-2.0).add_(g[s:e, None]).add_(g[None, s:])
+        blk.clamp_(min=0.0)
+        c = e - s
+        diag_blk = blk[:, :c]
+        diag_blk.copy_((diag_blk + diag_blk.T) * 0.5)
+        diag_blk.fill_diagonal_(0.0)
+        out[s:e, s:] = blk
+        out[e:, s:e] = blk[:, c:].T
     return out
 
 
