@@ -17,6 +17,13 @@ augmented deterministically), computes the layer x layer matrix of ``--measure``
 ``<A>_vs_<B>_<measure>.png`` (heatmap), ``.csv`` (matrix with layer names) and ``.json``
 (matrix and metadata, reloadable with ``SimilarityResult.load``) into ``--out``.
 
+Under ``torchrun --nproc-per-node=N -m simtorch_semantic compare ...`` every rank reads its shard of
+the samples (:func:`~simtorch_semantic.distributed.shard_loader`), the ranks combine their states,
+and rank 0 alone prints and writes the outputs (the same files as one process); ``--device cuda``
+gives each rank its local GPU (``cuda:LOCAL_RANK``). See :mod:`simtorch_semantic.distributed`.
+(torchrun's own parser takes ``--n`` for an abbreviation of its options: write ``--samples N``, or
+``torchrun ... -m simtorch_semantic -- compare ...``.)
+
 Exit status: 0 on success, 2 for bad arguments (usage, unknown model / layer / measure /
 weights, unreadable images, a model that cannot run at ``--image-size``), 1 when the comparison
 itself fails, 130 when interrupted. Every error is one line on stderr, without a traceback (set
@@ -142,7 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "'DEFAULT' (torchvision's pretrained weights; from the torch hub cache, or "
                       "downloaded) or a weights name such as IMAGENET1K_V1")
     cmp_.add_argument("--n", type=_positive_int(2), default=256, metavar="N",
-                      help="number of samples (default: 256)")
+                      help="number of samples (default: 256; under torchrun write --samples N: "
+                      "torchrun takes --n for one of its own options)")
+    cmp_.add_argument("--samples", dest="n", type=_positive_int(2), default=256,
+                      help=argparse.SUPPRESS)     # --n under torchrun
     cmp_.add_argument("--image-size", type=_positive_int(8), default=96, metavar="PX",
                       help="side of the square input images in pixels (default: 96)")
     cmp_.add_argument("--images", default=None, metavar="DIR",
@@ -413,6 +423,10 @@ def _compare(args) -> int:
     layers_a = _parse_layers(args.layers_a, "--layers-a")
     layers_b = _parse_layers(args.layers_b, "--layers-b")
     device = _check_device(args.device)
+    from . import distributed
+    if distributed.launched_by_torchrun():           # torchrun: one process per rank
+        device = distributed.init_from_env(device)
+    lead = distributed.rank() == 0                   # rank 0 alone prints and writes
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out '{out}' is a file; give a folder (it is created if missing)")
@@ -436,7 +450,7 @@ def _compare(args) -> int:
     except _ERRORS as err:
         raise CLIError(f"--images: {_one_line(err)}" if args.images else _one_line(err)) from err
 
-    progress = not args.no_progress
+    progress = not args.no_progress and lead
     torch.manual_seed(args.seed)                  # seeded weights (main() forks the RNG)
     model_a = _build_model(name_a, weights_a, progress)
     model_b = _build_model(name_b, weights_b, progress)
@@ -461,6 +475,8 @@ def _compare(args) -> int:
     # its own generator: iterating the loader draws a base seed, not from the global RNG
     loader = DataLoader(dataset, batch_size=min(args.batch_size, args.n), shuffle=False,
                         generator=torch.Generator().manual_seed(args.seed))
+    if distributed.active():                         # this rank's shard of the same batches
+        loader = distributed.shard_loader(dataset, min(args.batch_size, args.n))
     try:
         result = measure.compute(loader, progress=progress)
     except _ERRORS as err:
@@ -470,6 +486,8 @@ def _compare(args) -> int:
     result.params["compare"] = {
         "weights": weights_a, "images": str(args.images) if args.images else "shipped photographs",
         "image_size": args.image_size, "seed": args.seed, "batch_size": args.batch_size}
+    if not lead:
+        return 0
     init = "random init" if weights_a is None else f"weights {weights_a}"
     title = (f"{args.measure}: {name_a} vs {name_b} ({result.n_samples} samples, "
              f"{args.image_size} px, {init})")
@@ -505,8 +523,10 @@ def _write_outputs(result, out: Path, stem: str, title: str | None = None) -> li
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     """warnings.showwarning replacement: ``simtorch-semantic: warning: <one line>``."""
-    text = " ".join(str(message).split())
-    print(f"{PROG}: warning: {text}", file=sys.stderr)
+    from .distributed import rank
+    if rank() == 0:                                  # under torchrun, rank 0 speaks for all
+        text = " ".join(str(message).split())
+        print(f"{PROG}: warning: {text}", file=sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -533,7 +553,7 @@ def main(argv=None) -> int:
     except CLIError as err:
         if os.environ.get("SIMTORCH_SEMANTIC_TRACEBACK"):
             raise
-        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"{PROG}: {_rank_prefix()}error: {_one_line(err)}", file=sys.stderr)
         return err.code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -541,8 +561,18 @@ def main(argv=None) -> int:
     except _ERRORS as err:
         if os.environ.get("SIMTORCH_SEMANTIC_TRACEBACK"):
             raise
-        print(f"{PROG}: error: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
+        print(f"{PROG}: {_rank_prefix()}error: {type(err).__name__}: {_one_line(err)}",
+              file=sys.stderr)
         return 1
+    finally:
+        from .distributed import shutdown
+        shutdown()                                   # the process group init_from_env made
+
+
+def _rank_prefix() -> str:
+    """``"rank R: "`` under torch.distributed (every rank reports its own error), else ``""``."""
+    from .distributed import active, rank
+    return f"rank {rank()}: " if active() else ""
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,7 +2,10 @@
 
 A *batch* is whatever a loader yields: a tensor, a tuple/list whose first item is the input
 (``(images, labels)``), a dict (``{"pixel_values": ..., "label": ...}``; the input is
-``batch[input_key]``), or anything a user ``input_fn(batch)`` turns into the model input.
+``batch[input_key]``, the sub-dict of the keys when ``input_key`` is a list, or the whole dict,
+passed to the model as keyword arguments, when ``input_key`` is None: a tokenizer's
+``{"input_ids", "attention_mask"}`` batch goes straight to ``model(**batch)``), or anything a
+user ``input_fn(batch)`` turns into the model input.
 
 :func:`paired_batches` runs over one loader (both models see the same batch) or two loaders in
 lockstep (model 1 sees loader 1, model 2 sees loader 2). With two loaders, the batches must hold
@@ -27,16 +30,22 @@ def _type_name(obj: Any) -> str:
 
 def _from_mapping(batch: Mapping, input_key) -> Any:
     keys = list(batch.keys())
+    if not keys:
+        raise ValueError("the batch is an empty dict; it holds no model input")
     if input_key is None:
-        raise ValueError(
-            f"the batch is a dict with keys {keys}; pass input_key= naming the model input "
-            f"(e.g. input_key={keys[0]!r})" if keys else
-            "the batch is an empty dict; it holds no model input"
-        )
+        return batch                      # every key is a keyword argument of the model
+    if isinstance(input_key, (list, tuple)):
+        missing = [k for k in input_key if k not in batch]
+        if missing or not input_key:
+            raise ValueError(
+                f"input_key {list(input_key)} names keys that are not in the batch: {missing}; "
+                f"its keys are {keys}" if input_key else
+                "input_key is an empty list; name the batch keys the model takes")
+        return {k: batch[k] for k in input_key}
     if input_key not in batch:
         raise ValueError(
             f"input_key {input_key!r} is not in the batch; its keys are {keys}; pass one of "
-            "them as input_key="
+            "them as input_key= (or a list of them, or None for the whole dict)"
         )
     return batch[input_key]
 
@@ -46,11 +55,13 @@ def batch_input(batch, input_key=None, input_fn=None):
 
     Rules, in order: ``input_fn(batch)`` when ``input_fn`` is given; a tensor is the input; a
     NumPy array becomes a tensor; a tuple/list gives its first item (and when that item is a dict,
-    its ``input_key`` entry); a dict gives ``batch[input_key]``.
+    what the dict gives); a dict gives ``batch[input_key]`` (a key), ``{k: batch[k]}`` for the
+    keys in ``input_key`` (a list), or the dict itself (``input_key=None``; the model is then
+    called as ``model(**batch)``, see :meth:`SimilarityModel.capture`).
 
     Args:
         batch: one item yielded by a data loader.
-        input_key: key of the input in dict batches.
+        input_key: key (or list of keys) of the input in dict batches; None: the whole dict.
         input_fn: ``callable(batch) -> input``; wins over every other rule.
 
     Returns:

@@ -26,6 +26,10 @@ kernels, matching and its options, batch_size, layout). It is written with ``np.
 temporary file in ``out_dir`` and renamed with ``os.replace`` (atomic), and read back with
 ``allow_pickle=False``; the full key and the parameters are stored inside and checked on load. An
 unreadable, corrupt or foreign file triggers a warning, a recomputation and an overwrite.
+
+Under an initialised torch.distributed process group every rank must make the same call: each
+layer's pair problems are split across the ranks and gathered (every rank returns the full RSMs),
+and rank 0 alone writes the cache file while the others wait for it.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from simtorch_semantic.distributed import barrier, pair_sharding, rank
 from simtorch_semantic.results import atomic_write_bytes
 from simtorch_semantic.functional.matching import check_exact_feasible, resolve_n_workers
 from simtorch_semantic.functional.semantic import (
@@ -300,15 +305,18 @@ def _get_or_calculate(kind, out_dir, representations, batch_size, kernel, matchi
 
     if results is None:
         results = {}
-        for name, value in tqdm(items, desc=f"{kind} RSMs", disable=not progress, leave=False):
-            x = _load(value, name)
-            ndim = x.ndim
-            lay = _resolve_layout(layout, ndim, name)
-            xs = _as_nsc(x, f"representations[{name!r}]", lay)
-            results[name] = _layer_rsms(xs, kind, kernels, batch_size, matching, n_workers,
-                                        progress, options, name)
-            del x, xs
-        _save(path, key, meta, results)
+        with pair_sharding():  # under torch.distributed each rank solves its share of the pairs
+            for name, value in tqdm(items, desc=f"{kind} RSMs", disable=not progress, leave=False):
+                x = _load(value, name)
+                ndim = x.ndim
+                lay = _resolve_layout(layout, ndim, name)
+                xs = _as_nsc(x, f"representations[{name!r}]", lay)
+                results[name] = _layer_rsms(xs, kind, kernels, batch_size, matching, n_workers,
+                                            progress, options, name)
+                del x, xs
+        if rank() == 0:  # one writer; the others wait until the file is complete
+            _save(path, key, meta, results)
+        barrier("RSM cache written")
 
     if was_list:
         return results

@@ -181,7 +181,7 @@ BAD_ARGUMENTS = [
     (["compare", "resnet18", "resnet18", "--layers-a", "layer9"], "--layers-a: .*layer9"),
     (["compare", "resnet18", "resnet18", "--layers-b", "layer1.9"], "--layers-b: .*layer1.9"),
     (["compare", "resnet18", "resnet18", "--layers-a", " , "], "--layers-a is empty"),
-    (["compare", "resnet18", "resnet18", "--layers-a", "layer4.*"],
+    (["compare", "resnet18", "resnet18", "--layers-a", "layer4.0.relu"],
      "--layers-a: .*layer4.0.relu.* more than once"),
     (["compare", "resnet18", "resnet18", "--layers-a", "nn.NoSuchLayer"],
      "not a torch.nn module class"),
@@ -224,6 +224,17 @@ def test_bad_arguments_exit_2_with_one_line(argv, match, tmp_path, capsys):
     import re
     assert re.search(match, _one_line_error(capsys))
     assert not (tmp_path / "out").exists()                   # nothing written on bad input
+
+
+def test_glob_over_reused_relus_runs_with_one_warning(tmp_path, capsys):
+    # issue 8: "layer4.*" reaches BasicBlock's ReLU, applied twice; it is skipped, not fatal
+    argv = ["compare", "resnet18", "resnet18", "--layers-a", "layer4.*", "--out",
+            str(tmp_path / "out"), "--no-progress", "--n", "8", "--image-size", "32",
+            "--batch-size", "8"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("dropped from the selection") == 1
+    assert "'layer4.0.relu', 'layer4.1.relu'" in err
 
 
 def test_images_folder_errors(tmp_path, capsys):

@@ -45,9 +45,21 @@ def test_batch_input_kinds():
     assert batch_input({"a": 1}, input_key="zzz", input_fn=lambda b: "fn") == "fn"
 
 
+def test_dict_batch_without_key_is_passed_whole_and_key_lists_pick_a_sub_dict():
+    ids, mask = torch.zeros(2, 5, dtype=torch.long), torch.ones(2, 5)
+    batch = {"input_ids": ids, "attention_mask": mask, "label": torch.zeros(2)}
+    assert batch_input(batch) is batch                      # the model gets model(**batch)
+    sub = batch_input(batch, input_key=["input_ids", "attention_mask"])
+    assert list(sub) == ["input_ids", "attention_mask"] and sub["input_ids"] is ids
+    assert batch_input((batch, 0), input_key=("input_ids",)) == {"input_ids": ids}
+    with pytest.raises(ValueError, match=r"keys that are not in the batch: \['mask'\].*"
+                                         r"\['input_ids', 'attention_mask', 'label'\]"):
+        batch_input(batch, input_key=["input_ids", "mask"])
+    with pytest.raises(ValueError, match="input_key is an empty list"):
+        batch_input(batch, input_key=[])
+
+
 def test_batch_input_errors():
-    with pytest.raises(ValueError, match=r"dict with keys \['img', 'y'\].*input_key="):
-        batch_input({"img": torch.zeros(2), "y": 1})
     with pytest.raises(ValueError, match=r"input_key 'pix' is not in the batch.*\['img', 'y'\]"):
         batch_input({"img": torch.zeros(2), "y": 1}, input_key="pix")
     with pytest.raises(ValueError, match="empty dict"):
@@ -96,8 +108,8 @@ def test_dict_batches_and_raw():
     torch.testing.assert_close(torch.cat([a for a, _ in pairs]), dl.dataset.x)
     raw = list(paired_batches(dl, dl, input_key="pixels", raw=True))
     assert isinstance(raw[0][0], dict) and set(raw[0][0]) == {"pixels", "label"}
-    with pytest.raises(ValueError, match="input_key="):
-        next(paired_batches(dl))
+    whole = next(paired_batches(dl))[0]      # no input_key: the whole dict is the input
+    assert isinstance(whole, dict) and set(whole) == {"pixels", "label"}
 
 
 def test_two_loaders_in_lockstep():

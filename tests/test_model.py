@@ -2,6 +2,7 @@
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -11,6 +12,15 @@ from simtorch_semantic.model import SimilarityModel, default_layers
 
 R18_DEFAULT = ["conv1", "bn1", "relu", "maxpool", "layer1.0", "layer1.1", "layer2.0", "layer2.1",
                "layer3.0", "layer3.1", "layer4.0", "layer4.1", "avgpool", "fc"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is fastest (and avoids spinning on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -379,7 +389,7 @@ def test_layer_that_does_not_run():
     with pytest.raises(RuntimeError, match=r"\['aux'\].*did not run"):
         SimilarityModel(Branchy(), layers_to_include=["main", "aux"]).capture(torch.randn(2, 3))
     sm = SimilarityModel(Branchy())
-    with pytest.warns(UserWarning, match=r"default layers \['aux'\].*dropped"):
+    with pytest.warns(UserWarning, match=r"default layers dropped.*\['aux'\]: did not run"):
         feats = sm.capture(torch.randn(2, 3))
     assert list(feats) == ["main"] and sm.layers == ["main"]
     with warnings.catch_warnings():
@@ -440,3 +450,147 @@ def test_namedtuple_and_list_inputs_passed_as_one_argument():
         ref = model.lin(a + b)
     torch.testing.assert_close(sm.capture(Pair(a, b))["lin"], ref)
     torch.testing.assert_close(sm.capture([a, b])["lin"], ref)
+
+
+# ---------------------------------------------------------------- issue 8: broad selections
+def dropped_warnings(record):
+    return [w for w in record if "dropped from the selection" in str(w.message)]
+
+
+@pytest.mark.parametrize("selection", [["layer3.*"], [nn.ReLU], ["layer*.?.conv1", nn.ReLU]])
+def test_glob_or_class_selection_skips_reused_relus_with_one_warning(r18, x, selection):
+    """The report: "layer3.*" and torch.nn.ReLU raised "ran more than once" on every ResNet
+    (BasicBlock applies its single ReLU twice)."""
+    sm = SimilarityModel(r18, "r18", layers_to_include=selection)
+    reused = [n for n in sm.layers if n.endswith(".relu") and n.count(".") == 2]
+    assert reused                                          # selected before the first capture
+    with pytest.warns(UserWarning) as record:
+        feats = sm.capture(x)
+    warned = dropped_warnings(record)
+    assert len(warned) == 1                                # ONE warning naming them all
+    message = str(warned[0].message)
+    assert all(repr(n) in message for n in reused) and "more than once" in message
+    assert not set(reused) & set(feats) and list(feats) == sm.layers
+    if selection == [nn.ReLU]:
+        assert sm.layers == ["relu"]                       # the stem ReLU runs once
+    with warnings.catch_warnings():                        # the selection is fixed now
+        warnings.simplefilter("error")
+        assert list(sm.capture(x)) == sm.layers
+
+
+def test_reused_module_selected_only_by_glob_leaves_nothing_clear_error(r18, x):
+    # the README's old example "layer*.?.relu" matches only block ReLUs, each applied twice
+    sm = SimilarityModel(r18, "r18", layers_to_include=["layer*.?.relu"])
+    with pytest.raises(ValueError, match=r"no selected layer of r18 gives a usable output.*"
+                                         r"layer1\.0\.relu.*more than once"):
+        sm.capture(x)
+    assert all_hooks_empty(r18)
+
+
+def test_exact_name_of_reused_module_stays_an_error_beside_a_glob(r18, x):
+    sm = SimilarityModel(r18, layers_to_include=["layer1.0.relu", "layer2.*"])
+    with pytest.raises(RuntimeError, match=r"'layer1\.0\.relu' .*ran more than once"):
+        sm.capture(x)
+
+
+def test_cka_over_a_glob_with_reused_modules_runs(r18, x):
+    from simtorch_semantic import CKA
+
+    sm = SimilarityModel(r18, "r18", layers_to_include=["layer3.*"])
+    loader = [torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(i))
+              for i in range(2)]
+    with pytest.warns(UserWarning, match="dropped from the selection"):
+        res = CKA(sm, sm).compute(loader, progress=False)
+    assert res.row_layers == sm.layers and "layer3.0.relu" not in res.row_layers
+    assert res.matrix.shape == (len(sm.layers), len(sm.layers))
+    np.testing.assert_allclose(np.diag(res.matrix), 1.0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- issue 8: nested defaults
+def _capture_quietly(sm, inp):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")       # the default layers all run once: no warning
+        return sm.capture(inp)
+
+
+def test_default_layers_reach_vit_encoder_blocks():
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=3,
+                                               num_heads=2, hidden_dim=32, mlp_dim=64)
+    blocks = [f"encoder.layers.encoder_layer_{i}" for i in range(3)]
+    assert default_layers(vit) == ["conv_proj", "encoder.dropout", *blocks, "encoder.ln",
+                                   "heads.head"]
+    feats = _capture_quietly(SimilarityModel(vit), torch.randn(4, 3, 32, 32))
+    assert [n for n in feats if n in blocks] == blocks
+    assert all(feats[b].shape == (4, 5, 32) for b in blocks)        # 2 x 2 patches + CLS
+
+
+def test_default_layers_swin_t_one_row_per_block():
+    swin = torchvision.models.swin_t(weights=None)
+    layers = default_layers(swin)
+    depths = [2, 2, 6, 2]
+    blocks = [f"features.{2 * s + 1}.{b}" for s, d in enumerate(depths) for b in range(d)]
+    assert [n for n in layers if n.count(".") == 2] == blocks
+    assert [n for n in layers if n.count(".") < 2] == [
+        "features.0", "features.2", "features.4", "features.6",
+        "norm", "permute", "avgpool", "flatten", "head"]
+    feats = _capture_quietly(SimilarityModel(swin), torch.randn(2, 3, 32, 32))
+    assert len(feats) == len(layers) == 21
+    assert feats["features.5.5"].shape == (2, 2, 2, 384)            # [n, H, W, C]: left as is
+
+
+def test_default_layers_convnext_tiny_one_row_per_block():
+    convnext = torchvision.models.convnext_tiny(weights=None)
+    layers = default_layers(convnext)
+    depths = [3, 3, 9, 3]
+    blocks = [f"features.{2 * s + 1}.{b}" for s, d in enumerate(depths) for b in range(d)]
+    assert [n for n in layers if n.count(".") == 2] == blocks
+    assert layers[:1] == ["features.0"] and layers[-4:] == [
+        "avgpool", "classifier.0", "classifier.1", "classifier.2"]
+    feats = _capture_quietly(SimilarityModel(convnext), torch.randn(2, 3, 32, 32))
+    assert list(feats) == layers and feats["features.7.2"].shape == (2, 768, 1, 1)
+
+
+def test_default_layers_stage_of_stacks_and_single_block():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return x + self.lin(x)
+
+    class Stage(nn.Module):                  # a stage holding its own block stack
+        def __init__(self, depth):
+            super().__init__()
+            self.down = nn.Linear(4, 4)
+            self.blocks = nn.Sequential(*[Block() for _ in range(depth)])
+
+        def forward(self, x):
+            return self.blocks(self.down(x))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Linear(3, 4)
+            self.stages = nn.ModuleList([Stage(2), Stage(1)])
+            self.head = nn.Sequential(nn.ReLU(), nn.Linear(4, 2))
+
+        def forward(self, x):
+            x = self.stem(x)
+            for stage in self.stages:
+                x = stage(x)
+            return self.head(x)
+
+    net = Net()
+    assert default_layers(net) == ["stem", "stages.0.down", "stages.0.blocks.0",
+                                   "stages.0.blocks.1", "stages.1.down", "stages.1.blocks.0",
+                                   "head.0", "head.1"]
+    assert list(_capture_quietly(SimilarityModel(net), torch.randn(5, 3))) == default_layers(net)
+
+
+def test_glob_layer_that_does_not_run_is_dropped_with_a_warning():
+    sm = SimilarityModel(Branchy(), layers_to_include=["ma?n", "a*"])
+    with pytest.warns(UserWarning, match=r"selected \(by glob or class\) layers dropped.*"
+                                         r"\['aux'\]: did not run"):
+        assert list(sm.capture(torch.randn(2, 3))) == ["main"]

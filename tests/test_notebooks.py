@@ -25,6 +25,7 @@ def run_notebook(name, tmp_path, monkeypatch):
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
+    nbformat.write(nb, tmp_path / f"executed_{name}")     # with the widgets' saved state
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     return outputs
@@ -44,5 +45,18 @@ def test_overlay_notebook_runs_offline(tmp_path, monkeypatch):
     widgets = [o for o in outputs
                if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert len(widgets) >= 2                       # the overlay and the rotation widget
-    assert (tmp_path / "overlay.html").stat().st_size > 100_000
+    assert 100_000 < (tmp_path / "overlay.html").stat().st_size < 4_000_000
+    # the saved widget state grows linearly with the patches (27 MB when it held every map)
+    assert (tmp_path / "executed_overlay.ipynb").stat().st_size < 6_000_000
     assert (tmp_path / "overlay_query.png").exists()
+
+
+def test_transformers_notebook_runs_offline(tmp_path, monkeypatch):
+    outputs = run_notebook("transformers.ipynb", tmp_path, monkeypatch)
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 4                  # ViT vs ResNet, BERT vs GPT-2, tokens, cross-modal
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    diffs = [float(line.rsplit("=", 1)[1]) for line in text.splitlines()
+             if "more pad tokens =" in line]
+    assert len(diffs) == 6 and max(diffs) < 1e-6          # padding never changes a value
+    assert "encoder.layers.encoder_layer_3" in text and "'h.3'" in text

@@ -204,3 +204,116 @@ def test_cosine_map_properties(n, c, h, w, seed, scale):
     torch.testing.assert_close(similarity_maps(acts * scale), S, atol=1e-12, rtol=0)
     perm = torch.randperm(c, generator=g)
     torch.testing.assert_close(similarity_maps(acts[:, perm]), S, atol=1e-12, rtol=0)
+
+
+# ---------------------------------------------------------------- features for the browser
+from simtorch_semantic.overlay.maps import encode_features, rbf_sigma2, value_range  # noqa: E402
+
+
+def _np_unit(Z):
+    n = np.linalg.norm(Z, axis=1, keepdims=True)
+    return Z / np.where(n > 0, n, 1.0)
+
+
+def _np_positions(acts):
+    a = np.asarray(acts, dtype=np.float64)
+    return a.transpose(0, 2, 3, 1).reshape(-1, a.shape[1])
+
+
+def test_encode_int8_codes_norms_and_bound_against_numpy():
+    acts = _acts(n=2, c=6, h=3, w=4, seed=3)
+    enc = encode_features(acts)
+    Z = _np_positions(acts.numpy())
+    U = _np_unit(Z)
+    ref_codes = np.rint(127 * U / np.abs(U).max(axis=1, keepdims=True))
+    assert enc.values.dtype == np.int8 and enc.values.shape == (24, 6)
+    assert np.abs(enc.values - ref_codes).max() <= 1
+    np.testing.assert_allclose(enc.norms, np.linalg.norm(Z, axis=1), rtol=1e-6)
+    D = _np_unit(enc.values.astype(np.float64))
+    np.testing.assert_allclose(enc.decoded(), D, atol=1e-12)
+    # each row's angle is the angle between the exact and the decoded direction
+    ang = np.arccos(np.clip((U * D).sum(1), -1, 1))
+    np.testing.assert_allclose(enc.angles, ang, atol=2e-4)
+    th = np.sort(ang)
+    err = np.abs(D @ D.T - U @ U.T).max()
+    assert err <= enc.error_bound() <= th[-1] + th[-2] + 1e-3
+    assert not enc.nonnegative and value_range(enc) == (-1.0, 1.0)
+
+
+def test_encode_float16_and_projection():
+    acts = _acts(n=2, c=8, h=3, w=3, seed=4, relu=True)
+    f16 = encode_features(acts, precision="float16")
+    assert f16.values.dtype == np.float16 and f16.error_bound() < 2e-3
+    assert f16.nonnegative and value_range(f16) == (0.0, 1.0)
+    # rank-3 data: projecting on 3 directions loses nothing but rounding
+    g = torch.Generator().manual_seed(1)
+    low = torch.einsum("nkhw,kc->nchw", torch.rand(2, 3, 3, 3, generator=g, dtype=torch.float64),
+                       torch.rand(3, 8, generator=g, dtype=torch.float64))
+    enc = encode_features(low, dims=3)
+    assert enc.values.shape == (18, 3) and enc.basis.shape == (8, 3)
+    U = _np_unit(_np_positions(low.numpy()))
+    np.testing.assert_allclose(enc.basis.T @ enc.basis, np.eye(3), atol=1e-10)
+    D = enc.decoded()
+    assert np.abs(D @ D.T - U @ U.T).max() <= enc.error_bound() < 0.05
+    # projecting full-rank data on 2 of 8 directions: the bound still holds (and is large)
+    enc2 = encode_features(acts, dims=2)
+    U2 = _np_unit(_np_positions(acts.numpy()))
+    assert np.abs(enc2.decoded() @ enc2.decoded().T - U2 @ U2.T).max() <= enc2.error_bound()
+
+
+def test_encode_zero_vectors_and_ranges():
+    acts = torch.zeros(1, 3, 2, 2, dtype=torch.float64)
+    acts[0, :, 0, 0] = torch.tensor([1.0, 2.0, 3.0])
+    acts[0, :, 1, 1] = torch.tensor([3.0, 0.0, 1.0])
+    enc = encode_features(acts)
+    assert (enc.values[1] == 0).all() and enc.angles[1] == 0.0
+    D = enc.decoded()
+    assert (D @ D.T)[1, 0] == 0.0                     # zero vector: cosine 0, as similarity_maps
+    assert value_range(enc, "ip") == (0.0, pytest.approx(14.0))
+    assert value_range(enc, "rbf") == (0.0, 1.0)
+    from scipy.spatial.distance import pdist
+
+    d2 = pdist(_np_positions(acts.numpy()), "sqeuclidean")
+    assert rbf_sigma2(_np_positions(acts.numpy())) == pytest.approx(np.median(d2[d2 > 0]))
+    assert np.median(d2[d2 > 0]) == 12.0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(precision="int4"), "precision must be one of"),
+    (dict(dims=0), "dims must be a positive int"),
+    (dict(dims=2.5), "dims must be a positive int"),
+])
+def test_encode_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        encode_features(_acts(), **kwargs)
+
+
+def test_encode_bad_activations():
+    with pytest.raises(ValueError, match=r"shape \[N, C, H, W\]"):
+        encode_features(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        encode_features(torch.full((1, 2, 2, 2), float("inf")))
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 40), h=st.integers(1, 4), w=st.integers(1, 4),
+       seed=st.integers(0, 10_000), precision=st.sampled_from(["int8", "float16"]),
+       relu=st.booleans())
+def test_encoded_cosines_stay_within_the_stated_bound(n, c, h, w, seed, precision, relu):
+    acts = _acts(n=n, c=c, h=h, w=w, seed=seed, relu=relu)
+    enc = encode_features(acts, precision=precision)
+    U = _np_unit(_np_positions(acts.numpy()))
+    D = enc.decoded()
+    assert np.abs(D @ D.T - U @ U.T).max() <= enc.error_bound() + 1e-12
+    for sim in ("ip", "rbf"):
+        Z = _np_positions(acts.numpy())
+        nz = np.linalg.norm(Z, axis=1)
+        ip = (D @ D.T) * np.outer(nz, nz)
+        if sim == "ip":
+            assert np.abs(ip - Z @ Z.T).max() <= enc.error_bound("ip") + 1e-9
+        else:
+            sq = nz ** 2
+            s2 = 1.3
+            got = np.exp(-np.maximum(sq[:, None] + sq[None, :] - 2 * ip, 0) / (2 * s2))
+            ref = np.exp(-np.maximum(sq[:, None] + sq[None, :] - 2 * Z @ Z.T, 0) / (2 * s2))
+            assert np.abs(got - ref).max() <= enc.error_bound("rbf", s2) + 1e-9

@@ -54,6 +54,7 @@ import torch
 from tqdm.auto import tqdm
 
 from simtorch_semantic.functional._validation import promote, to_tensor
+from simtorch_semantic.distributed import fill_pairs, share
 from simtorch_semantic.functional.matching import SOLVERS, check_exact_feasible, resolve_n_workers, solve_assignment
 
 __all__ = [
@@ -375,12 +376,14 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
         rn = np.sqrt(np.einsum("nsc,nsc->ns", x64, x64))
         cn = rn if symmetric else np.sqrt(np.einsum("nsc,nsc->ns", y64, y64))
 
-    I, J = _pairs(N, M, symmetric)
+    I_all, J_all = _pairs(N, M, symmetric)
+    mine = share(I_all.size)  # this rank's pairs inside distributed.pair_sharding(); else all
+    I, J = I_all[mine], J_all[mine]
     P = I.size
     ip = np.zeros((N, M), dtype=np.float64)
     if symmetric:
         ip[np.diag_indices(N)] = nx2  # identity is optimal for a sample with itself
-    if P == 0:
+    if I_all.size == 0:
         return ip, nx2, ny2
     if matching == "exact":
         check_exact_feasible(S, P, n_workers=n_workers)
@@ -437,6 +440,7 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
         if on_cpu:
             torch.set_num_threads(torch_threads)
         bar.close()
+    fill_pairs(ip, I_all, J_all, mine)  # the other ranks' pairs (no-op in one process)
     if symmetric:
         ip = np.triu(ip) + np.triu(ip, 1).T
     return ip, nx2, ny2

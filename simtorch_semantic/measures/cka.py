@@ -18,9 +18,20 @@ Two estimators:
     a ``MemoryError`` gives the estimate and suggests the minibatch estimator. The RBF bandwidth
     comes from the median distance over all N samples.
 
-Constant layers (every sample identical) have HSIC(K, K) = 0: their CKA is NaN and a
-``RuntimeWarning`` names the layer. NaN or Inf in an activation raises a ``ValueError`` naming the
-layer and the first batch where it appeared.
+Classes: ``CKA(..., estimator=...)`` and ``DeltaCKA(...)`` are the front doors; they return an
+instance of the form that does the work, :class:`StreamingCKA` / :class:`FullCKA` (and
+:class:`StreamingDeltaCKA` / :class:`FullDeltaCKA`), each a subclass of the front door, so
+``isinstance(m, CKA)`` holds. The streaming forms keep HSIC sums in registered states
+(``hsic_xy [L1, L2]``, ``hsic_xx [L1]``, ``hsic_yy [L2]``, for dCKA also ``hsic_xz``, ``hsic_yz``,
+``hsic_zz``), summed across processes under torch.distributed; with ``keep_batch_stats = True``
+they also keep each batch's terms (``batch_hsic_xy [batches, L1, L2]``...), gathered in batch order
+(for intervals over batches). The full forms collect activations (CollectingSimilarity).
+
+Constant layers (every sample identical) have HSIC(K, K) = 0: their CKA is NaN, and one
+``RuntimeWarning`` per run lists every such layer of both models. NaN or Inf in an activation
+raises a ``ValueError`` naming the layer and the batch where it appeared, at that batch on the CPU
+(every ``nonfinite_check_every`` batches on other devices). A batch smaller than 4 samples
+(streaming) is refused before the first batch when the loader knows its batch sizes.
 """
 
 from __future__ import annotations
@@ -32,14 +43,21 @@ from ..functional.cka import check_kernel, cka_from_hsic
 from ..functional.dcka import dcka_from_hsic, dcka_hsic_terms, deconfound_gram
 from ..functional.hsic import hsic_all_pairs
 from ..functional.kernels import linear_gram, rbf_gram, streaming_linear_gram
+from .base import BaseSimilarity
 from .collect import ActivationStore, CollectingSimilarity
 
-__all__ = ["CKA", "DeltaCKA"]
+__all__ = ["CKA", "DeltaCKA", "StreamingCKA", "FullCKA", "StreamingDeltaCKA", "FullDeltaCKA"]
 
 _ESTIMATORS = ("minibatch", "full")
+_CONSTANT = "constant over the samples (HSIC with itself is 0)"
 
 
-class CKA(CollectingSimilarity):
+def _f64(shape_fn):
+    """A lazy state default: zeros of ``shape_fn(L1, L2)`` in float64."""
+    return lambda n1, n2: torch.zeros(shape_fn(n1, n2), dtype=torch.float64)
+
+
+class CKA(BaseSimilarity):
     """Centered Kernel Alignment between every layer of model 1 and every layer of model 2.
 
     Parameters
@@ -49,7 +67,9 @@ class CKA(CollectingSimilarity):
         Linear CKA or Gaussian-kernel CKA (Kornblith et al. 2019). ``"ip"``, the old name of
         ``"linear"``, is accepted with a ``DeprecationWarning``.
     estimator : {"minibatch", "full"}
-        See the module docstring. ``minibatch`` always uses the unbiased HSIC.
+        See the module docstring (default ``"minibatch"``). ``minibatch`` always uses the unbiased
+        HSIC. The instance returned is a :class:`StreamingCKA` or a :class:`FullCKA` (both are
+        CKA).
     unbiased : bool, optional
         For ``estimator="full"``: unbiased HSIC (Song et al. 2012) instead of the biased one
         (default, as in every CKA function). ``estimator="minibatch"`` is always unbiased:
@@ -69,13 +89,33 @@ class CKA(CollectingSimilarity):
 
     name = "cka"
     memory_hint = "use estimator='minibatch' (memory flat in the number of samples), fewer samples or fewer layers"
+    #: the form chosen for each estimator (front doors only; see __new__)
+    _forms: dict | None = None
+    #: True for the forms that collect activations (they take store_device and max_memory)
+    _collects = False
+    streaming = True
 
-    def __init__(self, sim_model1, sim_model2, *, kernel="linear", estimator="minibatch", unbiased=None,
+    def __new__(cls, *args, **kwargs):
+        forms = cls.__dict__.get("_forms")
+        if forms:
+            estimator = kwargs.get("estimator") or "minibatch"
+            if estimator not in _ESTIMATORS:
+                raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {estimator!r}")
+            cls = forms[estimator]
+        return super().__new__(cls)
+
+    def __init__(self, sim_model1, sim_model2, *, kernel="linear", estimator=None, unbiased=None,
                  sigma_frac=0.8, sigma=None, device="cpu", store_device="cpu", max_memory=None,
                  input_key=None, input_fn=None):
         kernel = check_kernel(kernel, type(self).__name__)
+        own = "minibatch" if self.streaming else "full"
+        if estimator is None and type(self).__dict__.get("_forms") is None:
+            estimator = own  # a form built directly, e.g. FullCKA(m1, m2)
         if estimator not in _ESTIMATORS:
             raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {estimator!r}")
+        if estimator != own:
+            raise ValueError(f"{type(self).__name__} is the estimator={own!r} form; for "
+                             f"estimator={estimator!r} use CKA(..., estimator={estimator!r})")
         if unbiased is not None and not isinstance(unbiased, (bool, np.bool_)):
             raise ValueError(f"unbiased must be True, False or None, got {unbiased!r}")
         if estimator == "minibatch" and unbiased is not None and not unbiased:
@@ -88,81 +128,101 @@ class CKA(CollectingSimilarity):
         self.unbiased = True if estimator == "minibatch" else bool(unbiased)
         self.sigma_frac = self._check_positive_float("sigma_frac", sigma_frac)
         self.sigma = None if sigma is None else self._check_positive_float("sigma", sigma)
-        super().__init__(sim_model1, sim_model2, device, store_device=store_device,
-                         max_memory=max_memory, input_key=input_key, input_fn=input_fn)
+        storage = dict(store_device=store_device, max_memory=max_memory) if self._collects else {}
+        super().__init__(sim_model1, sim_model2, device, input_key=input_key, input_fn=input_fn,
+                         **storage)
 
-    @property
-    def streaming(self) -> bool:
-        return self.estimator == "minibatch"
-
-    # ------------------------------------------------------------------ Gram matrices
+    # ------------------------------------------------------------------ shared math
     def _gram(self, activation: torch.Tensor) -> torch.Tensor:
         """``[n, ...]`` activation -> ``[n, n]`` Gram in at least float32 (hook-time, no copy)."""
         if self.kernel == "linear":
             return streaming_linear_gram(activation)
         return rbf_gram(activation, sigma=self.sigma, sigma_frac=self.sigma_frac)
 
-    def _stack_grams(self, grams: dict) -> torch.Tensor:
-        return torch.stack([g.to(self.device, torch.float64) for g in grams.values()])
+    def _matrix_from_terms(self, xy, xx, yy) -> np.ndarray:
+        """CKA from summed HSIC terms, with one note listing every constant layer."""
+        matrix = cka_from_hsic(xy, xx, yy).cpu().numpy()
+        self._note_constant_layers(xx, yy, _CONSTANT)
+        return matrix
 
-    # ------------------------------------------------------------------ state
-    def _reset_state(self) -> None:
-        super()._reset_state()
-        self._sums_ready = False
+    def _note_constant_layers(self, self1, self2, reason) -> None:
+        """One note listing the layers of both models whose self-HSIC ``self1 [L1]``,
+        ``self2 [L2]`` is not positive."""
+        constant = [(model, [name for name, v in zip(model.layers, values.cpu().numpy()) if not v > 0])
+                    for values, model in ((self1, self.sim_model1), (self2, self.sim_model2))]
+        self._note_constant(constant, reason)
 
-    def _init_sums(self, n1: int, n2: int) -> None:
-        """Zero HSIC sums for ``n1 x n2`` layers (sized from the first batch: a model's layer
-        list is only final after its first capture)."""
-        f64 = dict(dtype=torch.float64, device=self.device)
-        self._xy = torch.zeros(n1, n2, **f64)
-        self._xx = torch.zeros(n1, **f64)
-        self._yy = torch.zeros(n2, **f64)
-        self._bad1 = torch.full((n1,), -1, dtype=torch.long, device=self.device)
-        self._bad2 = torch.full((n2,), -1, dtype=torch.long, device=self.device)
-        self._sums_ready = True
+    def _params(self) -> dict:
+        params = {"kernel": self.kernel, "estimator": self.estimator, "unbiased": self.unbiased}
+        if self.kernel == "rbf":
+            params.update(sigma_frac=self.sigma_frac, sigma=self.sigma)
+        return params
+
+
+class StreamingCKA(CKA):
+    """CKA(estimator="minibatch"): unbiased HSIC terms summed over batches (module docstring).
+
+    States (see :meth:`BaseSimilarity.add_state`): ``hsic_xy [L1, L2]``, ``hsic_xx [L1]``,
+    ``hsic_yy [L2]`` summed; with ``keep_batch_stats = True`` also ``batch_hsic_xy``,
+    ``batch_hsic_xx``, ``batch_hsic_yy``: one entry per batch (``[batches, ...]`` stacked).
+    """
+
+    streaming = True
+    #: keep every batch's HSIC terms (per-batch statistics for intervals); off by default
+    keep_batch_stats = False
+    _TERMS = ("xy", "xx", "yy")
+
+    def _add_states(self) -> None:
+        self.add_state("hsic_xy", _f64(lambda n1, n2: (n1, n2)))
+        self.add_state("hsic_xx", _f64(lambda n1, n2: (n1,)))
+        self.add_state("hsic_yy", _f64(lambda n1, n2: (n2,)))
+        for term in self._TERMS:
+            self.add_state(f"batch_hsic_{term}", [], reduce="cat")
 
     def _check_batch(self, n: int) -> None:
-        if self.streaming and n < 4:
+        if n < 4:
             raise ValueError(
                 f"CKA(estimator='minibatch') uses the unbiased HSIC estimator, which needs at least 4 "
-                f"samples per batch; batch {self._n_batches} has {n}. Use a larger batch_size, "
+                f"samples per batch; batch {self._batch_index} has {n}. Use a larger batch_size, "
                 f"drop_last=True in the DataLoader, or estimator='full'."
             )
 
     def _reduce(self, layer, activation):
-        if self.streaming:
-            return self._gram(activation)
-        return super()._reduce(layer, activation)
+        return self._gram(activation)
 
-    def _expect_samples(self, dataloader, max_batches) -> None:
-        if not self.streaming:
-            super()._expect_samples(dataloader, max_batches)
+    def _stack_grams(self, grams: dict) -> torch.Tensor:
+        return torch.stack([g.to(self.device, torch.float64) for g in grams.values()])
 
-    def _mark_nonfinite(self, bad: torch.Tensor, grams: torch.Tensor) -> torch.Tensor:
-        """Record (without a host sync) the first batch whose Gram holds NaN/Inf, per layer."""
-        nonfinite = ~torch.isfinite(grams).flatten(1).all(dim=1)
-        return torch.where(nonfinite & (bad < 0), torch.full_like(bad, self._n_batches), bad)
-
-    def _accumulate(self, Ks: torch.Tensor, Ls: torch.Tensor) -> None:
-        if not self._sums_ready:
-            self._init_sums(len(Ks), len(Ls))
-        xy, xx, yy = hsic_all_pairs(Ks, Ls, unbiased=self.unbiased)
-        self._xy += xy
-        self._xx += xx
-        self._yy += yy
+    def _batch_terms(self, Ks: torch.Tensor, Ls: torch.Tensor) -> dict:
+        """This batch's HSIC terms ``{"xy": [L1, L2], "xx": [L1], "yy": [L2]}``."""
+        return dict(zip(self._TERMS, hsic_all_pairs(Ks, Ls, unbiased=True)))
 
     def _update_state(self, feats1, feats2, batch) -> None:
-        if not self.streaming:
-            super()._update_state(feats1, feats2, batch)
-            return
         Ks, Ls = self._stack_grams(feats1), self._stack_grams(feats2)
-        if not self._sums_ready:
-            self._init_sums(len(Ks), len(Ls))
-        self._bad1 = self._mark_nonfinite(self._bad1, Ks)
-        self._bad2 = self._mark_nonfinite(self._bad2, Ls)
-        self._accumulate(Ks, Ls)
+        self._mark_nonfinite(1, Ks)
+        self._mark_nonfinite(2, Ls)
+        terms = self._batch_terms(Ks, Ls)
+        for name, value in terms.items():
+            getattr(self, f"hsic_{name}").add_(value)
+            if self.keep_batch_stats:
+                getattr(self, f"batch_hsic_{name}").append(value.detach().clone())
 
-    # ------------------------------------------------------------------ result
+    def batch_stats(self) -> dict:
+        """The kept per-batch terms, ``{"xy": [B, L1, L2], "xx": [B, L1], ...}`` (empty dict
+        unless ``keep_batch_stats``); inside ``result()`` they span every rank, in batch order."""
+        return {t: self._cat_state(f"batch_hsic_{t}") for t in self._TERMS
+                if getattr(self, f"batch_hsic_{t}")}
+
+    def _compute_matrix(self) -> np.ndarray:
+        return self._matrix_from_terms(self.hsic_xy, self.hsic_xx, self.hsic_yy)
+
+
+class FullCKA(CKA, CollectingSimilarity):
+    """CKA(estimator="full"): exact CKA from the N x N Gram matrices of all samples."""
+
+    streaming = False
+    _collects = True
+
     def _full_grams(self, acts: dict) -> torch.Tensor:
         grams = []
         for act in acts.values():
@@ -175,50 +235,13 @@ class CKA(CollectingSimilarity):
         layers = len(self.sim_model1.layers) + len(self.sim_model2.layers) + 1
         self._check_result_memory(2 * layers * n * n * 8, f"{layers} Gram matrices of {n} x {n} float64")
 
+    def _matrix_from_grams(self, Ks, Ls) -> np.ndarray:
+        xy, xx, yy = hsic_all_pairs(Ks, Ls, unbiased=self.unbiased)
+        return self._matrix_from_terms(xy, xx, yy)
+
     def _matrix_from_activations(self, acts1, acts2) -> np.ndarray:
         self._check_full_memory()
-        Ks, Ls = self._full_grams(acts1), self._full_grams(acts2)
-        self._accumulate(Ks, Ls)
-        return self._finish()
-
-    def _compute_matrix(self) -> np.ndarray:
-        if not self.streaming:
-            self._sums_ready = False
-            return super()._compute_matrix()
-        for bad, model in ((self._bad1, self.sim_model1), (self._bad2, self.sim_model2)):
-            bad = bad.cpu()
-            if bool((bad >= 0).any()):
-                i = int(torch.nonzero(bad >= 0)[0, 0])
-                raise ValueError(
-                    f"layer {model.layers[i]!r} of {model.model_name} produced NaN or Inf in batch "
-                    f"{int(bad[i])}; check the inputs and the model (e.g. overflow in half precision)"
-                )
-        return self._finish()
-
-    def _sums(self):
-        return tuple(self._all_reduce(t) for t in (self._xy, self._xx, self._yy))
-
-    def _finish(self) -> np.ndarray:
-        xy, xx, yy = self._sums()[:3]
-        matrix = cka_from_hsic(xy, xx, yy).cpu().numpy()
-        self._warn_constant(xx.cpu().numpy(), self.sim_model1)
-        self._warn_constant(yy.cpu().numpy(), self.sim_model2)
-        return matrix
-
-    def _warn_constant(self, self_hsic: np.ndarray, model) -> None:
-        for name, value in zip(model.layers, self_hsic):
-            if not value > 0:
-                message = (
-                    f"layer {name!r} of {model.model_name} is constant over the samples (HSIC with "
-                    f"itself is {value:.3g}): its {self.name} is undefined and set to NaN"
-                )
-                self._note(message)
-
-    def _params(self) -> dict:
-        params = {"kernel": self.kernel, "estimator": self.estimator, "unbiased": self.unbiased}
-        if self.kernel == "rbf":
-            params.update(sigma_frac=self.sigma_frac, sigma=self.sigma)
-        return params
+        return self._matrix_from_grams(self._full_grams(acts1), self._full_grams(acts2))
 
 
 class DeltaCKA(CKA):
@@ -231,6 +254,7 @@ class DeltaCKA(CKA):
     everything is bilinear in HSIC terms, the minibatch estimator sums ``HSIC(K, L)``,
     ``HSIC(K, K_Z)``, ``HSIC(L, K_Z)``, ``HSIC(K_Z, K_Z)`` (and self terms) over batches and
     solves the regression once over the whole data set (not an average of per-batch values).
+    The instance returned is a :class:`StreamingDeltaCKA` or a :class:`FullDeltaCKA`.
 
     Parameters (besides CKA's)
     ----------
@@ -244,13 +268,13 @@ class DeltaCKA(CKA):
 
     name = "dcka"
 
-    def __init__(self, sim_model1, sim_model2, *, kernel="linear", estimator="minibatch", unbiased=None,
+    def __init__(self, sim_model1, sim_model2, *, kernel="linear", estimator=None, unbiased=None,
                  sigma_frac=0.8, sigma=None, device="cpu", confounder=None,
                  remove_negative_eig=False, store_device="cpu", max_memory=None, input_key=None,
                  input_fn=None):
         if confounder is not None and not callable(confounder):
             raise TypeError(f"confounder must be a callable batch -> tensor, got {type(confounder).__name__}")
-        if remove_negative_eig and estimator != "full":
+        if remove_negative_eig and estimator != "full" and not isinstance(self, FullDeltaCKA):
             raise ValueError(
                 "remove_negative_eig=True projects each residual Gram matrix to the PSD cone, which "
                 "cannot be summed over batches; use estimator='full' with it"
@@ -261,75 +285,41 @@ class DeltaCKA(CKA):
                          sigma_frac=sigma_frac, sigma=sigma, device=device, store_device=store_device,
                          max_memory=max_memory, input_key=input_key, input_fn=input_fn)
 
-    def _init_sums(self, n1: int, n2: int) -> None:
-        super()._init_sums(n1, n2)
-        f64 = dict(dtype=torch.float64, device=self.device)
-        self._xz = torch.zeros(n1, **f64)
-        self._yz = torch.zeros(n2, **f64)
-        self._zz = torch.zeros((), **f64)
+    def _add_states(self) -> None:
+        super()._add_states()
+        self.add_state("_nonfinite_z", torch.zeros((), dtype=torch.long), reduce="max")
 
-    def _reset_state(self) -> None:
-        super()._reset_state()
-        self._z_store = ActivationStore(self.store_device)
-        self._bad_z = torch.full((1,), -1, dtype=torch.long, device=self.device)
-
-    def _confounder_of(self, batch) -> torch.Tensor:
+    def _confounder_checked(self, batch, feats1) -> torch.Tensor:
+        """The confounder of one batch ``[n, ...]``, its rows checked and NaN/Inf flagged."""
         z = self.confounder(batch) if self.confounder is not None else self._input(batch)
         if not isinstance(z, torch.Tensor):
             z = torch.as_tensor(np.asarray(z))
-        return z.detach()
-
-    def _update_state(self, feats1, feats2, batch) -> None:
-        z = self._confounder_of(batch)
+        z = z.detach()
         n = next(iter(feats1.values())).shape[0]
         if z.shape[0] != n:
             raise ValueError(f"the confounder gives {z.shape[0]} rows for a batch of {n} samples")
-        if not self.streaming:
-            self._z_store.add({"input": self._z_store.keep(z)})
-            super()._update_state(feats1, feats2, batch)
-            return
-        Kz = self._gram(z.to(self.device))[None].to(torch.float64)
-        self._bad_z = self._mark_nonfinite(self._bad_z, Kz)
-        self._kz = Kz
-        super()._update_state(feats1, feats2, batch)
+        bad = ~torch.isfinite(z).all() if z.is_floating_point() else torch.zeros((), dtype=torch.bool)
+        flags = self._nonfinite_z
+        self._nonfinite_z = torch.where(bad.to(flags.device) & (flags == 0),
+                                        torch.full_like(flags, self._n_batches + 1), flags)
+        return z
 
-    def _accumulate(self, Ks, Ls) -> None:
-        if not self._sums_ready:
-            self._init_sums(len(Ks), len(Ls))
-        h = dcka_hsic_terms(Ks, Ls, self._kz[0], unbiased=self.unbiased)
-        for name in ("xy", "xx", "yy", "xz", "yz", "zz"):
-            getattr(self, "_" + name).add_(getattr(h, name))
+    def _raise_if_nonfinite(self) -> None:
+        super()._raise_if_nonfinite()
+        flag = int(self._nonfinite_z)
+        if flag:
+            raise ValueError(f"the confounder holds NaN or Inf in batch {flag - 1}")
 
-    def _sums(self):
-        return super()._sums() + tuple(self._all_reduce(t) for t in (self._xz, self._yz, self._zz))
-
-    def _matrix_from_activations(self, acts1, acts2) -> np.ndarray:
-        z = self._z_store.tensors()["input"]
-        self._kz = self._full_grams({"input": z})
-        if not self.remove_negative_eig:
-            return super()._matrix_from_activations(acts1, acts2)
-        self._check_full_memory()
-        Kz = self._kz[0]
-        Ks = torch.stack([deconfound_gram(K, Kz, True, self.unbiased) for K in self._full_grams(acts1)])
-        Ls = torch.stack([deconfound_gram(L, Kz, True, self.unbiased) for L in self._full_grams(acts2)])
-        self._init_sums(len(Ks), len(Ls))
-        CKA._accumulate(self, Ks, Ls)
-        return CKA._finish(self)  # plain CKA of the already deconfounded Grams
-
-    def _compute_matrix(self) -> np.ndarray:
-        if self.streaming and bool((self._bad_z >= 0).any()):
-            raise ValueError(f"the confounder holds NaN or Inf in batch {int(self._bad_z[0])}")
-        return super()._compute_matrix()
-
-    def _finish(self) -> np.ndarray:
-        terms = dict(zip(("xy", "xx", "yy", "xz", "yz", "zz"), self._sums()))
+    def _matrix_from_dcka_terms(self, terms: dict) -> np.ndarray:
         if not bool(terms["zz"] > 0):
             raise ValueError("the confounder is constant over the samples: there is nothing to deconfound")
         matrix = dcka_from_hsic(terms)
         # residual self-HSIC: 0 for a constant layer or one the confounder explains completely
         zz = terms["zz"]
-        self._warn_constant((terms["xx"] - terms["xz"] ** 2 / zz).cpu().numpy(), self.sim_model1)
-        self._warn_constant((terms["yy"] - terms["yz"] ** 2 / zz).cpu().numpy(), self.sim_model2)
+        self._note_constant_layers(terms["xx"] - terms["xz"] ** 2 / zz,
+                                   terms["yy"] - terms["yz"] ** 2 / zz,
+                                   "constant over the samples or explained by the confounder "
+                                   "(residual HSIC with itself is 0)")
         return matrix.cpu().numpy()
 
     def _params(self) -> dict:
@@ -337,3 +327,60 @@ class DeltaCKA(CKA):
         params.update(confounder="input" if self.confounder is None else getattr(self.confounder, "__name__", "callable"),
                       remove_negative_eig=self.remove_negative_eig)
         return params
+
+
+class StreamingDeltaCKA(DeltaCKA, StreamingCKA):
+    """DeltaCKA(estimator="minibatch"): the six HSIC terms summed over batches (states
+    ``hsic_xy``, ``hsic_xx``, ``hsic_yy``, ``hsic_xz [L1]``, ``hsic_yz [L2]``, ``hsic_zz []``)."""
+
+    _TERMS = ("xy", "xx", "yy", "xz", "yz", "zz")
+
+    def _add_states(self) -> None:
+        super()._add_states()
+        self.add_state("hsic_xz", _f64(lambda n1, n2: (n1,)))
+        self.add_state("hsic_yz", _f64(lambda n1, n2: (n2,)))
+        self.add_state("hsic_zz", torch.zeros((), dtype=torch.float64))
+
+    def _update_state(self, feats1, feats2, batch) -> None:
+        z = self._confounder_checked(batch, feats1)
+        self._kz = self._gram(z.to(self.device)).to(torch.float64)
+        super()._update_state(feats1, feats2, batch)
+
+    def _batch_terms(self, Ks, Ls) -> dict:
+        h = dcka_hsic_terms(Ks, Ls, self._kz, unbiased=True)
+        return {t: getattr(h, t) for t in self._TERMS}
+
+    def _compute_matrix(self) -> np.ndarray:
+        return self._matrix_from_dcka_terms({t: getattr(self, f"hsic_{t}") for t in self._TERMS})
+
+
+class FullDeltaCKA(DeltaCKA, FullCKA):
+    """DeltaCKA(estimator="full"): dCKA from the N x N Gram matrices of all samples (and of the
+    confounder, collected alongside)."""
+
+    def _reset_state(self) -> None:
+        super()._reset_state()
+        self._z_store = ActivationStore(self.store_device)
+
+    def _stores(self) -> list:
+        return super()._stores() + [("_z_store", self._z_store)]
+
+    def _update_state(self, feats1, feats2, batch) -> None:
+        z = self._confounder_checked(batch, feats1)
+        self._z_store.add({"input": self._z_store.keep(z)})
+        super()._update_state(feats1, feats2, batch)
+
+    def _matrix_from_activations(self, acts1, acts2) -> np.ndarray:
+        self._check_full_memory()
+        Kz = self._full_grams({"input": self._z_store.tensors()["input"]})[0]
+        Ks, Ls = self._full_grams(acts1), self._full_grams(acts2)
+        if self.remove_negative_eig:
+            Ks = torch.stack([deconfound_gram(K, Kz, True, self.unbiased) for K in Ks])
+            Ls = torch.stack([deconfound_gram(L, Kz, True, self.unbiased) for L in Ls])
+            return self._matrix_from_grams(Ks, Ls)  # plain CKA of the already deconfounded Grams
+        h = dcka_hsic_terms(Ks, Ls, Kz, unbiased=self.unbiased)
+        return self._matrix_from_dcka_terms({t: getattr(h, t) for t in StreamingDeltaCKA._TERMS})
+
+
+CKA._forms = {"minibatch": StreamingCKA, "full": FullCKA}
+DeltaCKA._forms = {"minibatch": StreamingDeltaCKA, "full": FullDeltaCKA}

@@ -5,6 +5,11 @@ that the planned total still fits in memory (raising a clear error with the esti
 alternative before memory runs out), and finds non-finite values. :class:`CollectingSimilarity`
 is the BaseSimilarity built on it: subclasses only implement
 ``_matrix_from_activations(acts1, acts2) -> [L1, L2]``.
+
+NaN/Inf are flagged per layer as each batch is stored (the base's fail-early check). Under a
+torch.distributed process group, ``result()`` all-gathers every store in global sample order (the
+indices of each rank's shard, :mod:`simtorch_semantic.distributed`), so every rank computes the
+matrix from exactly the samples one process would hold, in the same order.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed as _dist
 from .base import BaseSimilarity
 
 __all__ = ["ActivationStore", "CollectingSimilarity", "available_memory"]
@@ -151,9 +157,40 @@ class CollectingSimilarity(BaseSimilarity):
             pass
 
     def _update_state(self, feats1, feats2, batch) -> None:
+        self._mark_nonfinite(1, list(feats1.values()))
+        self._mark_nonfinite(2, list(feats2.values()))
         self._store1.add(feats1)
         self._store2.add(feats2)
         self._check_memory()
+
+    # -- many processes
+    def _stores(self) -> list:
+        """``[(attribute name, ActivationStore)]`` gathered across ranks by ``result()``."""
+        return [("_store1", self._store1), ("_store2", self._store2)]
+
+    def _sample_keys(self, n: int) -> torch.Tensor:
+        """Global sort keys of this rank's ``n`` stored samples: their data set indices from
+        the shard plan of compute(), or rank-major order for update() calls."""
+        if self._shard_batches is not None:
+            keys = [i for b in self._shard_batches for i in b]
+            if len(keys) == n:
+                return torch.tensor(keys, dtype=torch.int64)
+        return torch.arange(n, dtype=torch.int64) + _dist.rank() * 2 ** 40
+
+    def _sync_states(self) -> None:
+        super()._sync_states()
+        self._local_stores = self._stores()
+        for attr, store in self._local_stores:
+            gathered = ActivationStore(store.store_device)
+            keys = self._sample_keys(store.n_samples)
+            gathered.add({name: _dist.gather_rows(t, keys.to(t.device), what=f"activations {name}")
+                          for name, t in store.tensors().items()})
+            setattr(self, attr, gathered)
+
+    def _restore_local(self) -> None:
+        for attr, store in getattr(self, "_local_stores", []):
+            setattr(self, attr, store)
+        self._local_stores = []
 
     def _check_memory(self) -> None:
         used = self._store1.nbytes + self._store2.nbytes
@@ -174,13 +211,6 @@ class CollectingSimilarity(BaseSimilarity):
             )
 
     def _compute_matrix(self) -> np.ndarray:
-        for store, model in ((self._store1, self.sim_model1), (self._store2, self.sim_model2)):
-            bad = store.first_nonfinite()
-            if bad is not None:
-                raise ValueError(
-                    f"layer {bad[0]!r} of {model.model_name} produced NaN or Inf in batch {bad[1]}; "
-                    "check the inputs and the model (e.g. overflow in half precision)"
-                )
         acts1 = self._store1.tensors()
         acts2 = self._store2.tensors()
         return self._matrix_from_activations(acts1, acts2)

@@ -53,6 +53,7 @@ from ..functional.semantic import (
     semantic_sim_parallel,
     similarity_calculation,
 )
+from ..distributed import pair_sharding
 from .collect import CollectingSimilarity
 
 __all__ = ["SemanticCKA", "rsm_cka_matrix", "psd_clip"]
@@ -271,11 +272,12 @@ class SemanticCKA(CollectingSimilarity):
         if n < need:
             raise ValueError(f"SemanticCKA needs at least {need} samples "
                              f"({'unbiased' if self.unbiased else 'biased'} HSIC), got {n}")
-        Ks = self._rsms(acts1, self.sim_model1)
-        built = {}
-        for layer, K in zip([l for l in self.sim_model1.layers if l in acts1], Ks):
-            built.setdefault(layer, []).append((acts1[layer], K))
-        Ls = self._rsms(acts2, self.sim_model2, reuse=built)  # identical layers are not redone
+        with pair_sharding(self._many):  # under torch.distributed each rank solves its share
+            Ks = self._rsms(acts1, self.sim_model1)
+            built = {}
+            for layer, K in zip([l for l in self.sim_model1.layers if l in acts1], Ks):
+                built.setdefault(layer, []).append((acts1[layer], K))
+            Ls = self._rsms(acts2, self.sim_model2, reuse=built)  # identical layers are not redone
         M = rsm_cka_matrix(Ks, Ls, unbiased=self.unbiased, psd=self.psd, device=self.device)
         bad1 = np.where(np.all(np.isnan(M), axis=1))[0]
         bad2 = np.where(np.all(np.isnan(M), axis=0))[0]

@@ -143,7 +143,9 @@ def prepare_images(images, transform=None, size: int = 224):
 
 def to_uint8_hwc(display: torch.Tensor) -> np.ndarray:
     """``[3, H, W]`` in ``[0, 1]`` -> ``uint8`` ``[H, W, 3]``."""
-    d = display
+    d = display.detach().cpu().numpy() if isinstance(display, torch.Tensor) else np.asarray(display)
     if d.shape[0] == 1:
-        d = d.expand(3, -1, -1)
-    return (d[:3].clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        d = np.repeat(d, 3, axis=0)
+    # NumPy (one thread): for a few small pictures torch's thread pool only adds overhead
+    return np.ascontiguousarray(
+        (np.clip(d[:3], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0))

@@ -10,10 +10,31 @@ clipped to 0 with a warning.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
+
+_SKLEARN_HINT = ('NMF grouping needs scikit-learn, which is not installed: pip install '
+                 '"simtorch-semantic[overlay]" (or pip install scikit-learn), or pass nmf_k=0 '
+                 'to turn the grouping off')
+
+
+def require_sklearn(available_only: bool = False):
+    """``sklearn.decomposition.NMF``, or an ImportError that names the extra to install.
+
+    ``available_only=True`` only checks that scikit-learn can be found (no import: cheap).
+    """
+    try:
+        if available_only:
+            if importlib.util.find_spec("sklearn") is None:
+                raise ModuleNotFoundError("No module named 'sklearn'", name="sklearn")
+            return None
+        return importlib.import_module("sklearn.decomposition").NMF
+    except (ImportError, ValueError) as err:      # ValueError: sys.modules["sklearn"] is None
+        raise ImportError(_SKLEARN_HINT) from err
 
 
 @dataclass
@@ -65,11 +86,12 @@ def nmf_factors(acts, k: int = 4, seed: int = 0, max_iter: int = 200, tol: float
     ``X = A`` permuted to ``[N H W, C]``; ``X ~ W H`` by scikit-learn's ``NMF(n_components=k,
     init="nndsvda", random_state=seed, tol=tol)``. The loose default ``tol`` stops after a few
     dozen iterations with a relative reconstruction error within about 1 % of a tight fit,
-    which is plenty for colouring factor maps.
+    which is plenty for colouring factor maps. Needs scikit-learn (the ``overlay`` extra).
     """
-    from sklearn.decomposition import NMF
-
     from .maps import _as_activation
+
+    NMF = require_sklearn()
+    from threadpoolctl import threadpool_limits        # a dependency of scikit-learn
 
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k (number of NMF components) must be a positive int, got {k!r}")
@@ -90,7 +112,9 @@ def nmf_factors(acts, k: int = 4, seed: int = 0, max_iter: int = 200, tol: float
         raise ValueError(f"layer {layer!r} has no positive activation; NMF is undefined")
     model = NMF(n_components=int(k), init="nndsvda", random_state=seed, max_iter=max_iter,
                 tol=tol)
-    with warnings.catch_warnings():
+    # one BLAS thread: these products are small ([N H W, C] x [C, k]) and several threads only
+    # fight each other (4-8x slower on a busy 2-core machine; benchmarks/RESULTS.md)
+    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
         warnings.filterwarnings("ignore", message=".*Maximum number of iterations.*")
         W = model.fit_transform(X)
     weights = W.reshape(n, h, w, k).transpose(0, 3, 1, 2).astype(np.float64)

@@ -14,11 +14,30 @@ over queries. The result is symmetric: ``S[a, q, b, p] = S[b, p, a, q]``.
 To send the maps to a browser once, :func:`quantize_maps` turns them into ``uint8`` bytes laid
 out row by row: query ``(a, q)`` is row ``a * P + q`` and its ``N`` maps follow each other
 (``N * P`` bytes). As the matrix is symmetric, :func:`pack_upper` keeps only its upper triangle
-(half the bytes); that flat array is the "sprite" the front end slices on hover.
+(half the bytes). That sprite grows as ``(N P)^2``; the front end uses it only for a custom
+similarity callable.
+
+For the built-in similarities the browser computes the maps itself, so the page grows linearly in
+``N P``: :func:`encode_features` ships every position's unit-normalised activation vector once,
+optionally projected onto the top ``d`` right singular vectors ``V`` ``[C, d]`` of the unit
+vectors (so ``y = V^T x``), and quantised to ``int8`` with one scale per row
+(``q = round(127 y / max|y|)``) or to ``float16``. The page renormalises each decoded row,
+``y' = q / |q|``, and a hover needs one ``[M, d] x [d]`` product:
+
+    cos'(a, b) = <y'_a, y'_b>,   ip' = cos' |z_a| |z_b|,
+    rbf' = exp(-max(0, |z_a|^2 + |z_b|^2 - 2 |z_a| |z_b| cos') / (2 sigma^2)).
+
+Error bound: let ``theta_a`` be the angle between the unit vector ``x_a`` and its decoded direction
+``V y'_a`` (projection and rounding together). Angles obey the triangle inequality on the sphere
+and the cosine is 1-Lipschitz in the angle, so ``|cos' - cos| <= theta_a + theta_b``:
+:meth:`EncodedFeatures.error_bound` returns the sum of the two largest ``theta`` (and the scaled
+bounds for ``ip`` and ``rbf``).
+
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Union
 
 import numpy as np
@@ -95,11 +114,9 @@ def similarity_matrix(Z: torch.Tensor, similarity: Similarity = "cosine", *,
     if similarity == "ip":
         return Z @ Z.T
     if similarity == "rbf":
-        sq = (Z * Z).sum(1)
-        d2 = (sq[:, None] + sq[None, :] - 2.0 * (Z @ Z.T)).clamp_min_(0.0)
+        d2 = _sq_distances(Z)
         if sigma is None:
-            nz = d2[d2 > 0]
-            sigma2 = float(np.median(nz.cpu().numpy())) if nz.numel() else 1.0
+            sigma2 = _median_nonzero(d2)
         else:
             if not sigma > 0:
                 raise ValueError(f"sigma must be > 0, got {sigma}.")
@@ -109,6 +126,32 @@ def similarity_matrix(Z: torch.Tensor, similarity: Similarity = "cosine", *,
         f"similarity must be one of {SIMILARITIES} or a callable f(X, Y) -> [M, M], "
         f"got {similarity!r}."
     )
+
+
+def _sq_distances(Z: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances of the rows of ``Z`` ``[M, C] -> [M, M]`` (clamped at 0).
+
+    The diagonal is set to exactly 0 (the expanded form leaves rounding noise there, which
+    would otherwise count as "non-zero" distances in the median bandwidth).
+    """
+    sq = (Z * Z).sum(1)
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * (Z @ Z.T)).clamp_min_(0.0)
+    return d2.fill_diagonal_(0.0)
+
+
+def _median_nonzero(d2: torch.Tensor) -> float:
+    nz = d2[d2 > 0]
+    return float(np.median(nz.cpu().numpy())) if nz.numel() else 1.0
+
+
+def rbf_sigma2(Z) -> float:
+    """Default RBF bandwidth: the median non-zero squared distance between rows of ``Z`` ``[M, C]``.
+
+    The same ``sigma^2`` that :func:`similarity_matrix` uses for ``"rbf"`` with ``sigma=None``
+    (quadratic in ``M``).
+    """
+    Z = torch.as_tensor(Z).to(torch.float64)
+    return _median_nonzero(_sq_distances(Z))
 
 
 def similarity_maps(acts, similarity: Similarity = "cosine", *, sigma: float | None = None,
@@ -206,3 +249,133 @@ def map_index(i: int, j: int, src_hw: tuple, dst_hw: tuple) -> tuple:
         raise ValueError(f"position ({i}, {j}) is outside the {h} x {w} grid.")
     return (min(h2 - 1, int(math.floor((i + 0.5) / h * h2))),
             min(w2 - 1, int(math.floor((j + 0.5) / w * w2))))
+
+
+#: Precisions accepted by :func:`encode_features`.
+PRECISIONS = ("int8", "float16")
+
+
+@dataclass
+class EncodedFeatures:
+    """Compact per-position features from which the front end computes similarity maps.
+
+    ``values``: ``[M, d]`` ``int8`` (one scale per row, dropped: rows are renormalised) or
+    ``float16``; ``norms``: ``[M]`` float64 ``|z|`` of the original activation vectors;
+    ``angles``: ``[M]`` float64, the angle in radians between each unit vector and its decoded
+    direction; ``basis``: ``[C, d]`` projection or ``None``; ``nonnegative``: every activation
+    is ``>= 0`` (then every cosine is too).
+    """
+
+    values: np.ndarray
+    norms: np.ndarray
+    angles: np.ndarray
+    basis: np.ndarray | None
+    precision: str
+    nonnegative: bool
+
+    @property
+    def dims(self) -> int:
+        return int(self.values.shape[1])
+
+    def decoded(self) -> np.ndarray:
+        """The unit directions the front end uses, ``[M, d]`` float64 (zero rows stay zero)."""
+        v = self.values.astype(np.float64)
+        n = np.sqrt((v * v).sum(1, keepdims=True))
+        return np.divide(v, n, out=np.zeros_like(v), where=n > 0)
+
+    def error_bound(self, similarity: str = "cosine", sigma2: float | None = None) -> float:
+        """Largest possible ``|s' - s|`` over all pairs, for the decoded maps ``s'``.
+
+        ``cosine``: ``theta_(1) + theta_(2)`` (the two largest angles); ``ip``: ``2 max_a(theta_a
+        |z_a|) max_b |z_b|``; ``rbf``: the ``ip`` bound over ``sigma^2`` (``|d^2' - d^2| = 2 |ip' -
+        ip|`` and ``exp(-t)`` is 1-Lipschitz for ``t >= 0``). Ignores float32/float64 rounding in the browser (~1e-7).
+        """
+        th = self.angles
+        top2 = np.partition(th, th.size - 2)[-2:] if th.size > 1 else np.repeat(th, 2)
+        cos = float(top2.sum())
+        if similarity == "cosine":
+            return min(cos, 2.0)
+        ip = 2.0 * float(np.max(self.angles * self.norms)) * float(np.max(self.norms))
+        if similarity == "ip":
+            return ip
+        if similarity == "rbf":
+            if sigma2 is None or not sigma2 > 0:
+                raise ValueError("the rbf bound needs sigma2 > 0")
+            return min(ip / sigma2, 1.0)
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+
+
+def encode_features(acts, dims: int | None = None, precision: str = "int8",
+                    eps: float = 1e-12) -> EncodedFeatures:
+    """Unit-normalise, optionally project, and quantise the activation vectors of one layer.
+
+    ``acts``: ``[N, C, H, W]`` (rows ``n * H * W + i * W + j``, see :func:`flatten_positions`).
+    ``dims``: keep the top ``dims`` right singular vectors of the ``[M, C]`` unit-vector matrix
+    (uncentred, so inner products are preserved best in least squares); ``None`` or
+    ``dims >= C`` keeps all channels. ``precision``: ``"int8"`` (``q = round(127 y / max|y|)``
+    per row) or ``"float16"``. Returns :class:`EncodedFeatures`; see the module docstring for
+    the maps the front end computes from it and their error bound. Cost ``O(M C d)``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, (int, np.integer))
+                             or dims < 1):
+        raise ValueError(f"dims must be a positive int or None (keep every channel), got {dims!r}")
+    # float32 throughout: 8-bit (or 11-bit) codes need no more, and it halves the memory traffic
+    t = acts if isinstance(acts, torch.Tensor) else torch.as_tensor(np.asarray(acts))
+    if t.dim() != 4:
+        _as_activation(t)                                          # raises the clear error
+    n, c, h, w = t.shape
+    Z = t.detach().to("cpu", torch.float32).permute(0, 2, 3, 1).reshape(n * h * w, c).numpy()
+    if not np.isfinite(Z).all():
+        _as_activation(t)                                          # raises the clear error
+    nonneg = bool((Z >= 0).all())
+    norms = np.sqrt(np.einsum("ij,ij->i", Z, Z, dtype=np.float64))
+    live = norms > eps
+    U = Z * np.where(live, 1.0 / np.where(live, norms, 1.0), 0.0).astype(np.float32)[:, None]
+    basis = None
+    resid2 = 0.0
+    if dims is not None and int(dims) < c:
+        U64 = U.astype(np.float64)
+        evals, evecs = np.linalg.eigh(U64.T @ U64)                 # ascending
+        V = np.ascontiguousarray(evecs[:, np.argsort(evals)[::-1][: int(dims)]])
+        Y = U64 @ V
+        resid2 = ((U64 - Y @ V.T) ** 2).sum(1)                     # |x - V V^T x|^2
+        basis = V
+        Y = Y.astype(np.float32)
+    else:
+        Y = U
+    if precision == "int8":
+        scale = np.abs(Y).max(axis=1, keepdims=True) / np.float32(127.0)
+        q = np.rint(np.divide(Y, scale, out=np.zeros_like(Y), where=scale > 0))
+        values = np.clip(q, -127, 127).astype(np.int8)
+    else:
+        values = Y.astype(np.float16)
+    enc = EncodedFeatures(values=values, norms=norms, angles=np.zeros(len(Y)), basis=basis,
+                          precision=precision, nonnegative=nonneg)
+    D = values.astype(np.float32)
+    dn = np.sqrt(np.einsum("ij,ij->i", D, D, dtype=np.float64)).astype(np.float32)
+    D *= np.where(dn > 0, 1.0 / np.where(dn > 0, dn, 1.0), 0.0).astype(np.float32)[:, None]
+    diff = Y - D
+    chord2 = resid2 + np.einsum("ij,ij->i", diff, diff, dtype=np.float64)  # |x - V y'|^2
+    angles = 2.0 * np.arcsin(np.minimum(1.0, np.sqrt(chord2) / 2.0))
+    angles[(dn == 0) & live] = np.pi / 2                          # direction lost entirely
+    enc.angles = angles
+    return enc
+
+
+def value_range(enc: EncodedFeatures, similarity: str = "cosine") -> tuple:
+    """The fixed colour range ``(lo, hi)`` of a layer's maps, known without all pairs.
+
+    ``cosine``: ``hi = 1`` (self-similarity), ``lo = 0`` when every activation is ``>= 0`` else
+    ``-1``; ``ip``: ``hi = max |z|^2`` (Cauchy-Schwarz, attained at the query itself),
+    ``lo = 0`` or ``-max |z|^2``; ``rbf``: ``(0, 1)``.
+    """
+    if similarity == "cosine":
+        return (0.0 if enc.nonnegative else -1.0), 1.0
+    if similarity == "ip":
+        top = float(np.max(enc.norms) ** 2) or 1.0
+        return (0.0 if enc.nonnegative else -top), top
+    if similarity == "rbf":
+        return 0.0, 1.0
+    raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")

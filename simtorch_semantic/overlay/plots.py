@@ -25,8 +25,8 @@ def plot_overlay_query(overlay, query, layers=None, cmap: str = "viridis", alpha
 
     ``query = (image, i, j)`` on the first plotted layer's grid; each layer shows the cell holding
     that cell's centre, marked with a yellow box on the queried image. Maps are drawn with nearest
-    upsampling over the picture (opacity ``alpha``), colour range ``[min, max]`` of the layer.
-    Returns the ``Figure``.
+    upsampling over the picture (opacity ``alpha``) in the layer's colour range
+    (``overlay.value_range``, the same as the widget's colour bar). Returns the ``Figure``.
     """
     chosen = overlay.layers if layers is None else [overlay._check_layer(l) for l in layers]
     if not chosen:
@@ -41,8 +41,9 @@ def plot_overlay_query(overlay, query, layers=None, cmap: str = "viridis", alpha
         for r, layer in enumerate(chosen):
             h, w = overlay._grid(layer)
             i2, j2 = map_index(i, j, overlay._grid(chosen[0]), (h, w))
-            maps = overlay.maps[layer][n, i2 * w + j2].reshape(N, h, w).numpy()
-            vmin, vmax = float(overlay.maps[layer].min()), float(overlay.maps[layer].max())
+            maps = overlay.query_maps((n, i, j), layer=layer, ref_layer=chosen[0]).numpy()
+            vmin, vmax = overlay.value_range(layer, query=(n, i, j) if overlay.vrange == "query"
+                                             else None)
             im = None
             for b in range(N):
                 ax = axes[r, b]
@@ -123,6 +124,14 @@ def plot_sensitivity(sens, query, ax=None):
             i2, j2 = (i, j) if s is first else map_index(i, j, first.hw, s.hw)
             y = s.curve(i2, j2)
             ax.plot(s.values, y, marker="o", markersize=3, label=f"{layer} ({i2}, {j2})")
+        # the whole sweep, also when the curve has gaps at its end (a corner patch leaves the
+        # frame for zooms above 1: autoscaling would stop the axis at the last finite point)
+        xs = np.concatenate([np.asarray(s.values, dtype=np.float64) for s in sens.values()])
+        lo, hi = float(xs.min()), float(xs.max())
+        pad = 0.04 * (hi - lo) if hi > lo else 0.5
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.set_xticks(np.unique(xs))
+        ax.set_xticklabels([f"{v:.3g}" for v in np.unique(xs)])
         ax.set_xlabel("rotation (degrees)" if first.kind == "rotation" else "zoom factor")
         ax.set_ylabel(f"{first.similarity} to the original patch")
         ax.grid(True, alpha=0.3)

@@ -1,19 +1,27 @@
 """SimilarityOverlay: interactive similarity overlays in Jupyter and as standalone HTML.
 
 Fong, Mordvintsev, Vedaldi and Olah, "Interactive Similarity Overlays", VISxAI 2021. For every
-selected layer the maps ``S[a, q, b, p]`` (:func:`~simtorch_semantic.overlay.maps.similarity_maps`)
-are computed once, quantised to ``uint8``, reduced to the upper triangle of the symmetric matrix
-and base64-encoded ("sprites"; deflate would save only about 20 % on these noisy maps), and
-sent to the browser together with the pictures and colour-map tables. Hovering a patch is handled
-entirely in JavaScript (``overlay/static/overlay.js``, shared by the anywidget widget and the
-HTML export): the script slices the row of the hovered query out of the sprite and paints every
+selected layer the page receives each position's activation vector once: unit-normalised,
+optionally projected to ``dims`` dimensions and quantised to ``int8`` (or ``float16``)
+(:func:`~simtorch_semantic.overlay.maps.encode_features`), base64-encoded. Hovering a patch is
+handled entirely in JavaScript (``overlay/static/overlay.js``, shared by the anywidget widget and
+the HTML export): the script takes the hovered position's vector, computes its similarity to
+every position of every image with one typed-array product (``[N P, d] x [d]``) and paints every
 image's overlay canvas, in every shown layer, at the hovered position mapped to that layer's grid.
+The page therefore grows linearly with the number of positions ``N P`` (it grew as ``(N P)^2``
+when all maps were precomputed); only a custom similarity callable still ships precomputed maps.
+
+Nothing quadratic happens at construction: ``maps`` (all ``[N, P, N, P]`` maps, for analysis)
+and the NMF grouping (``nmf``) are computed on first use; the widget asks for the NMF factors
+only when its "NMF groups" box is first ticked.
 """
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -23,25 +31,28 @@ from tqdm.auto import tqdm
 from ..results import atomic_write_bytes
 from ._capture import as_similarity_model, capture_spatial
 from ._images import prepare_images, to_uint8_hwc
-from .grouping import nmf_factors
-from .maps import map_index, pack_upper, quantize_maps, similarity_maps
+from .grouping import nmf_factors, require_sklearn
+from .maps import (PRECISIONS, encode_features, flatten_positions, map_index, pack_upper,
+                   quantize_maps, rbf_sigma2, similarity_maps, value_range)
 from .transforms import (_check_kind, _check_values, sensitivity_from_activations,
                          transform_images)
 
 STATIC = Path(__file__).resolve().parent / "static"
 COLORMAPS = ("viridis", "magma", "inferno", "plasma", "gray", "coolwarm", "RdBu_r")
+OVERLAY_EXTRA = 'pip install "simtorch-semantic[overlay]"'
 
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _png_data_url(rgb: np.ndarray) -> str:
+def _jpeg_data_url(rgb: np.ndarray, quality: int = 90) -> str:
+    """A display picture as an inline JPEG (a tenth of the PNG's size for photographs)."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", optimize=False)
-    return "data:image/png;base64," + _b64(buf.getvalue())
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + _b64(buf.getvalue())
 
 
 def _lut(name: str) -> bytes:
@@ -64,6 +75,46 @@ def _value_label(kind: str, v: float) -> str:
     return f"{v:g}\u00b0" if kind == "rotation" else f"\u00d7{v:g}"
 
 
+def _check_vrange(vrange):
+    if isinstance(vrange, str):
+        if vrange not in ("auto", "query"):
+            raise ValueError(f"vrange must be 'auto', 'query' or a pair (lo, hi), got {vrange!r}")
+        return vrange
+    try:
+        lo, hi = (float(v) for v in vrange)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"vrange must be 'auto', 'query' or a pair (lo, hi), got {vrange!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+        raise ValueError(f"vrange (lo, hi) needs finite lo < hi, got {vrange!r}")
+    return (lo, hi)
+
+
+class _LazyMaps(Mapping):
+    """``{layer: [N, P, N, P] float32}``, each layer's maps computed on first access."""
+
+    def __init__(self, overlay):
+        self._ov = overlay
+        self._cache: dict = {}
+
+    def __getitem__(self, layer):
+        if layer not in self._ov.activations:
+            raise KeyError(layer)
+        if layer not in self._cache:
+            self._cache[layer] = similarity_maps(self._ov.activations[layer],
+                                                 self._ov.similarity).float()
+        return self._cache[layer]
+
+    def __iter__(self):
+        return iter(self._ov.layers)
+
+    def __len__(self):
+        return len(self._ov.layers)
+
+    def __contains__(self, layer):
+        return layer in self._ov.activations
+
+
 class SimilarityOverlay:
     """Interactive similarity overlays of several images in several layers.
 
@@ -74,31 +125,47 @@ class SimilarityOverlay:
         layers: layer names (or any ``layers_to_include`` selection) with spatial outputs.
         transform: ``None`` (resize shorter side to ``size``, centre crop, ImageNet
             normalisation) or a callable image -> tensor ``[3, H, W]``.
-        device: where the model runs and the maps are computed.
+        device: where the model runs.
         similarity: ``"cosine"`` (default), ``"ip"``, ``"rbf"`` or a callable
-            ``f(X [M, C], Y [M, C]) -> [M, M]``.
+            ``f(X [M, C], Y [M, C]) -> [M, M]``. The three names are computed in the browser
+            from the shipped features; a callable cannot be, so its maps are precomputed and
+            the page then grows as ``(N H W)^2``.
         size: side of the default transform's square crop (224).
         max_side: layers with a larger grid are average-pooled to at most ``max_side`` cells per
-            side before the maps are built (the maps grow as ``(N H W)^2``); ``None`` keeps all.
-        nmf_k: number of NMF factors for the grouping view (0 or None turns it off).
+            side; ``None`` keeps all.
+        nmf_k: number of NMF factors for the grouping view (0 or None turns it off). The factors
+            are computed when first needed (``nmf``, ``plot_nmf``, the widget's "NMF groups"
+            box, ``save_html``) and need scikit-learn (``pip install
+            "simtorch-semantic[overlay]"``).
         cmap, alpha: initial colour map and overlay opacity of the widget.
         cell: displayed size of each image in pixels.
         names: one label per image (default: file names, or "image k").
-        progress: tqdm bars over capture chunks, layers and NMF (``False`` turns them off).
+        vrange: colour range of the maps: ``"auto"`` (per layer, known without computing all
+            pairs: cosine ``[0, 1]`` when every activation is ``>= 0``, else ``[-1, 1]``;
+            inner product ``[0 or -max|z|^2, max|z|^2]``; rbf ``[0, 1]``; a callable's
+            min/max), ``"query"`` (min/max of the hovered query's maps in that layer) or a pair
+            ``(lo, hi)``. The colour bar beside each row shows it.
+        dims: project each layer's unit activation vectors onto their top ``dims`` singular
+            directions before shipping (``None``: keep every channel); smaller pages, larger
+            error (see ``error_bound``).
+        precision: ``"int8"`` (default) or ``"float16"`` for the shipped vectors.
+        progress: tqdm bars over capture chunks and layers (``False`` turns them off).
 
     Attributes:
         layers (list[str]), names (list[str]), images (display pictures ``[N, 3, S, S]`` in
         ``[0, 1]``), activations (``{layer: [N, C, H, W]}`` on CPU), maps (``{layer: [N, H*W,
-        N, H*W]}`` float32 on CPU), nmf (``{layer: NMFResult}``), sensitivity
-        (``{layer: Sensitivity}`` or None; see :meth:`from_transform`).
+        N, H*W]}`` float32, each computed on first access: quadratic), nmf (``{layer:
+        NMFResult}``, computed on first access), sensitivity (``{layer: Sensitivity}`` or None;
+        see :meth:`from_transform`).
     """
 
     def __init__(self, model, images, layers, transform=None, device="cpu", similarity="cosine",
                  *, size: int = 224, max_side: int | None = 32, nmf_k: int | None = 4,
                  cmap: str = "viridis", alpha: float = 0.7, cell: int = 160,
-                 names=None, progress: bool = True):
+                 names=None, vrange="auto", dims: int | None = None, precision: str = "int8",
+                 progress: bool = True):
         self._configure(model, layers, device, similarity, max_side, nmf_k, cmap, alpha, cell,
-                        progress)
+                        progress, vrange, dims, precision)
         x, display, auto_names = prepare_images(images, transform, size)
         if names is None:
             names = auto_names
@@ -109,7 +176,7 @@ class SimilarityOverlay:
 
     # ------------------------------------------------------------------ construction
     def _configure(self, model, layers, device, similarity, max_side, nmf_k, cmap, alpha, cell,
-                   progress):
+                   progress, vrange="auto", dims=None, precision="int8"):
         if not (isinstance(similarity, str) or callable(similarity)):
             raise TypeError(f"similarity must be a name or a callable, got {type(similarity).__name__}")
         if isinstance(similarity, str) and similarity not in ("cosine", "ip", "rbf"):
@@ -122,6 +189,13 @@ class SimilarityOverlay:
         if nmf_k is not None and (isinstance(nmf_k, bool) or not isinstance(nmf_k, int)
                                   or nmf_k < 0):
             raise ValueError(f"nmf_k must be a non-negative int or None, got {nmf_k!r}")
+        if nmf_k:
+            require_sklearn(available_only=True)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
+            raise ValueError(f"dims must be a positive int or None (keep every channel), got "
+                             f"{dims!r}")
         if isinstance(layers, str):
             layers = [layers]
         self.sim_model = as_similarity_model(model, layers, device)
@@ -132,9 +206,15 @@ class SimilarityOverlay:
         self.alpha = float(alpha)
         self.cell = int(cell)
         self.progress = progress
+        self.vrange = _check_vrange(vrange)
+        self.dims = dims
+        self.precision = precision
         self.sensitivity = None
         self.sensitivity_labels = None
-        self._payload_cache = None
+        self._payload_cache = {}
+        self._encoded = {}
+        self._sigma2 = {}
+        self._nmf = None
 
     def _build(self, x: torch.Tensor, display: torch.Tensor, names: list):
         self.images = display
@@ -142,15 +222,21 @@ class SimilarityOverlay:
         acts = capture_spatial(self.sim_model, x, max_side=self.max_side, progress=self.progress)
         self.layers = list(acts)
         self.activations = {k: v.detach().cpu() for k, v in acts.items()}
-        self.maps = {}
-        for k in tqdm(self.layers, desc="similarity maps", disable=not self.progress):
-            self.maps[k] = similarity_maps(acts[k], self.similarity).float().cpu()
-        self.nmf = {}
-        if self.nmf_k:
+        self.maps = _LazyMaps(self)
+
+    @property
+    def nmf(self) -> dict:
+        """``{layer: NMFResult}`` (empty when ``nmf_k`` is 0), computed on first access."""
+        if not self.nmf_k:
+            return {}
+        if self._nmf is None:
+            out = {}
             for k in tqdm(self.layers, desc="NMF", disable=not self.progress):
                 v = self.activations[k]
                 kk = min(self.nmf_k, v.shape[1], v.shape[0] * v.shape[2] * v.shape[3])
-                self.nmf[k] = nmf_factors(v, k=kk, layer=k)
+                out[k] = nmf_factors(v, k=kk, layer=k)
+            self._nmf = out
+        return self._nmf
 
     @classmethod
     def from_transform(cls, model, image, layers, kind: str = "rotation", values=None,
@@ -162,7 +248,8 @@ class SimilarityOverlay:
         ``0.5 ... 2``). ``self.sensitivity[layer]`` holds, for every position of the untransformed
         image, its similarity to the corresponding patch of each transformed image (NaN where the
         position leaves the frame; see :mod:`~simtorch_semantic.overlay.transforms`). The widget
-        and HTML draw that curve for the hovered patch.
+        and HTML draw that curve for the hovered patch. Other keyword arguments as for the
+        constructor.
         """
         kind = _check_kind(kind)
         if values is None:
@@ -173,7 +260,8 @@ class SimilarityOverlay:
         self._configure(model, layers, device, similarity, kwargs.pop("max_side", 32),
                         kwargs.pop("nmf_k", 4), kwargs.pop("cmap", "viridis"),
                         kwargs.pop("alpha", 0.7), kwargs.pop("cell", 160),
-                        kwargs.pop("progress", True))
+                        kwargs.pop("progress", True), kwargs.pop("vrange", "auto"),
+                        kwargs.pop("dims", None), kwargs.pop("precision", "int8"))
         if kwargs:
             raise TypeError(f"from_transform() got unexpected arguments {sorted(kwargs)}")
         x, display, _ = prepare_images([image] if not isinstance(image, list) else image,
@@ -198,23 +286,44 @@ class SimilarityOverlay:
         return int(a.shape[2]), int(a.shape[3])
 
     def _check_layer(self, layer: str) -> str:
-        if layer not in self.maps:
+        if layer not in self.activations:
             raise ValueError(f"layer {layer!r} is not in this overlay; its layers are {self.layers}")
         return layer
 
+    def _rbf_sigma2(self, layer: str) -> float:
+        """The default RBF bandwidth of a layer (median squared distance; quadratic, cached)."""
+        if layer not in self._sigma2:
+            self._sigma2[layer] = rbf_sigma2(flatten_positions(self.activations[layer]))
+        return self._sigma2[layer]
+
     def query_maps(self, query, layer: str | None = None, ref_layer: str | None = None):
-        """The maps of one query in one layer: ``[N, H, W]`` float32.
+        """The exact maps of one query in one layer: ``[N, H, W]`` float32.
 
         ``query = (image, i, j)`` with ``(i, j)`` a cell of ``ref_layer``'s grid (default: the
-        first layer), mapped to ``layer``'s grid by its centre (:func:`map_index`).
+        first layer), mapped to ``layer``'s grid by its centre (:func:`map_index`). One row of
+        the maps, ``O(N H W C)`` (a callable similarity computes all of ``maps[layer]``).
         """
         layer = self._check_layer(layer or self.layers[0])
         ref_layer = self._check_layer(ref_layer or self.layers[0])
         n, i, j = self._check_query(query, ref_layer)
         h, w = self._grid(layer)
         i2, j2 = map_index(i, j, self._grid(ref_layer), (h, w))
-        m = self.maps[layer]
-        return m[n, i2 * w + j2].reshape(len(self.names), h, w)
+        r = n * h * w + i2 * w + j2
+        N = len(self.names)
+        if callable(self.similarity):
+            return self.maps[layer][n, i2 * w + j2].reshape(N, h, w)
+        Z = flatten_positions(self.activations[layer])          # [M, C] float64
+        z = Z[r]
+        if self.similarity == "cosine":
+            nz = Z.norm(dim=1)
+            row = (Z @ z) / (nz.clamp_min(1e-12) * nz[r].clamp_min(1e-12))
+            row = row.clamp(-1.0, 1.0)
+        elif self.similarity == "ip":
+            row = Z @ z
+        else:
+            d2 = ((Z - z) ** 2).sum(1)
+            row = torch.exp(-d2 / (2.0 * self._rbf_sigma2(layer)))
+        return row.float().reshape(N, h, w)
 
     def _check_query(self, query, layer):
         try:
@@ -229,31 +338,104 @@ class SimilarityOverlay:
                 f"query position ({i}, {j}) is outside the {h} x {w} grid of layer {layer!r}")
         return n, i, j
 
+    def encoded(self, layer: str):
+        """The shipped features of one layer (:class:`~.maps.EncodedFeatures`), cached."""
+        layer = self._check_layer(layer)
+        if callable(self.similarity):
+            raise ValueError("a custom similarity callable is not computed from features; the "
+                             "page gets its precomputed maps")
+        if layer not in self._encoded:
+            self._encoded[layer] = encode_features(self.activations[layer], dims=self.dims,
+                                                   precision=self.precision)
+        return self._encoded[layer]
+
+    def value_range(self, layer: str, query=None) -> tuple:
+        """Colour range ``(lo, hi)`` of ``layer``'s maps (see ``vrange``).
+
+        With ``vrange="query"`` pass ``query = (image, i, j)`` (first layer's grid): the range is
+        the min/max of that query's maps in ``layer``.
+        """
+        layer = self._check_layer(layer)
+        if isinstance(self.vrange, tuple):
+            return self.vrange
+        if self.vrange == "query":
+            if query is None:
+                raise ValueError("vrange='query' has no fixed range; pass query=(image, i, j)")
+            m = self.query_maps(query, layer=layer)
+            lo, hi = float(m.min()), float(m.max())
+            return (lo, hi) if hi > lo else (lo, lo + 1.0)
+        if callable(self.similarity):
+            m = self.maps[layer]
+            lo, hi = float(m.min()), float(m.max())
+            return (lo, hi) if hi > lo else (lo, lo + 1.0)
+        return value_range(self.encoded(layer), self.similarity)
+
+    def error_bound(self, layer: str) -> float:
+        """Largest possible difference between the painted maps' values and the exact maps.
+
+        Built-in similarities: the bound of :meth:`~.maps.EncodedFeatures.error_bound` (angles
+        lost to projection and rounding); a callable: half a quantisation step of its maps.
+        The painted colour adds at most half a colour step, ``(hi - lo) / 510``.
+        """
+        layer = self._check_layer(layer)
+        if callable(self.similarity):
+            m = self.maps[layer]
+            return (float(m.max()) - float(m.min())) / 510.0
+        sigma2 = self._rbf_sigma2(layer) if self.similarity == "rbf" else None
+        return self.encoded(layer).error_bound(self.similarity, sigma2)
+
     # ------------------------------------------------------------------ front end data
-    def payload(self) -> dict:
-        """Everything the front end needs, JSON-serialisable (uint8 sprites, base64)."""
-        if self._payload_cache is not None:
-            return self._payload_cache
-        images = [{"name": nm, "src": _png_data_url(to_uint8_hwc(d))}
-                  for nm, d in zip(self.names, self.images)]
-        layers = []
-        for name in self.layers:
+    def _layer_entry(self, name: str) -> dict:
+        h, w = self._grid(name)
+        entry = {"name": name, "h": h, "w": w}
+        if isinstance(self.vrange, tuple) or self.vrange == "auto":
+            entry["lo"], entry["hi"] = self.value_range(name)
+        if callable(self.similarity):
             q, lo, hi = quantize_maps(self.maps[name])
-            h, w = self._grid(name)
             m = len(self.names) * h * w
-            sprite = pack_upper(q, m)
-            entry = {"name": name, "h": h, "w": w, "lo": lo, "hi": hi, "layout": "upper",
-                     "sprite": _b64(sprite.tobytes()), "nmf": None}
-            if name in self.nmf:
-                rgb = (self.nmf[name].rgb() * 255).round().astype(np.uint8)
-                entry["nmf"] = _b64(rgb.tobytes())
-            layers.append(entry)
-        nmf = None
-        if self.nmf:
-            first = next(iter(self.nmf.values()))
-            nmf = {"k": int(first.weights.shape[1]),
-                   "colors": ["#%02x%02x%02x" % tuple(int(round(255 * c)) for c in col)
-                              for col in first.colors]}
+            entry.update(mode="sprite", slo=lo, shi=hi, sprite=_b64(pack_upper(q, m).tobytes()),
+                         err=self.error_bound(name))
+            return entry
+        enc = self.encoded(name)
+        entry.update(mode="features", d=enc.dims, precision=enc.precision,
+                     feat=_b64(np.ascontiguousarray(enc.values).tobytes()),
+                     err=self.error_bound(name))
+        if self.similarity in ("ip", "rbf"):
+            entry["norms"] = _b64(enc.norms.astype("<f4").tobytes())
+        if self.similarity == "rbf":
+            entry["sigma2"] = self._rbf_sigma2(name)
+        return entry
+
+    def nmf_payload(self) -> dict | None:
+        """The NMF view for the front end: ``{"k", "colors", "layers": {name: base64 RGB}}``.
+
+        ``None`` when ``nmf_k`` is 0. Computes the factors on first use.
+        """
+        if not self.nmf_k:
+            return None
+        nmf = self.nmf
+        first = next(iter(nmf.values()))
+        return {"k": int(first.weights.shape[1]),
+                "colors": ["#%02x%02x%02x" % tuple(int(round(255 * c)) for c in col)
+                           for col in first.colors],
+                "layers": {k: _b64((r.rgb() * 255).round().astype(np.uint8).tobytes())
+                           for k, r in nmf.items()}}
+
+    def payload(self, nmf: bool | None = False) -> dict:
+        """Everything the front end needs, JSON-serialisable (features or sprites in base64).
+
+        ``nmf``: include the NMF view's factor maps (``None``: when ``nmf_k`` > 0). Without them
+        the front end still offers the NMF box when ``nmf_k`` > 0 (the widget then asks Python).
+        """
+        include = bool(self.nmf_k) if nmf is None else bool(nmf) and bool(self.nmf_k)
+        if include not in self._payload_cache:
+            self._payload_cache[include] = self._make_payload(include)
+        return self._payload_cache[include]
+
+    def _make_payload(self, include_nmf: bool) -> dict:
+        images = [{"name": nm, "src": _jpeg_data_url(to_uint8_hwc(d))}
+                  for nm, d in zip(self.names, self.images)]
+        layers = [self._layer_entry(name) for name in self.layers]
         sens = None
         if self.sensitivity:
             first = next(iter(self.sensitivity.values()))
@@ -262,15 +444,15 @@ class SimilarityOverlay:
                     "layers": {k: {"curves": _json_floats(s.curves),
                                    "forward": s.forward.tolist(), "inverse": s.inverse.tolist()}
                                for k, s in self.sensitivity.items()}}
-        sim = self._similarity_name()
-        self._payload_cache = {
-            "version": 1, "similarity": sim, "cell": self.cell,
+        return {
+            "version": 2, "similarity": self._similarity_name(), "cell": self.cell,
             "aspect": float(self.images.shape[-2]) / float(self.images.shape[-1]),
             "model": self.sim_model.model_name, "images": images, "layers": layers,
             "colormaps": {c: _b64(_lut(c)) for c in dict.fromkeys((self.cmap,) + COLORMAPS)},
-            "nmf": nmf, "sensitivity": sens,
+            "vrange": "query" if self.vrange == "query" else "fixed",
+            "nmf_k": self.nmf_k, "nmf": self.nmf_payload() if include_nmf else None,
+            "sensitivity": sens,
         }
-        return self._payload_cache
 
     def _state(self) -> dict:
         return {"alpha": self.alpha, "cmap": self.cmap, "layers_on": list(self.layers),
@@ -278,21 +460,41 @@ class SimilarityOverlay:
 
     # ------------------------------------------------------------------ outputs
     def show(self):
-        """The Jupyter widget (anywidget); display it or leave it as the cell's last value."""
+        """The Jupyter widget (anywidget); display it or leave it as the cell's last value.
+
+        The NMF factors are computed (in Python) the first time the "NMF groups" box is ticked;
+        hovering never calls Python.
+        """
         cls = _widget_class()
-        return cls(data=json.dumps(self.payload()), **self._state())
+        widget = cls(data=json.dumps(self.payload(nmf=False)), **self._state())
+        if self._nmf is not None and self.nmf_k:
+            widget.nmf = json.dumps(self.nmf_payload())
+
+        def _send_nmf(change):
+            if change["new"] and self.nmf_k and not widget.nmf:
+                widget.nmf = json.dumps(self.nmf_payload())
+
+        widget.observe(_send_nmf, names="show_nmf")
+        return widget
 
     def _repr_mimebundle_(self, **kwargs):
         return self.show()._repr_mimebundle_(**kwargs)
 
-    def to_html(self, title: str | None = None) -> str:
-        """A standalone HTML document: inline CSS, script and data; no network access."""
+    def to_html(self, title: str | None = None, nmf: bool | None = None) -> str:
+        """A standalone HTML document: inline CSS, script and data; no network access.
+
+        ``nmf``: include the NMF view (``None``: when ``nmf_k`` > 0; computing the factors if
+        they were not yet). The page grows linearly with the number of positions.
+        """
         js = (STATIC / "overlay.js").read_text(encoding="utf-8")
         css = (STATIC / "overlay.css").read_text(encoding="utf-8")
         for name, text in (("overlay.js", js), ("overlay.css", css)):
             if "</script" in text.lower() or "</style" in text.lower():
                 raise RuntimeError(f"{name} contains a closing tag and cannot be inlined")
-        data = json.dumps(self.payload()).replace("</", "<\\/")
+        payload = self.payload(nmf=nmf)
+        if payload["nmf"] is None:         # no Python behind the page to compute it later
+            payload = dict(payload, nmf_k=0)
+        data = json.dumps(payload).replace("</", "<\\/")
         state = json.dumps(self._state()).replace("</", "<\\/")
         title = title or f"Similarity overlays: {self.sim_model.model_name}"
         esc = title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -305,15 +507,15 @@ class SimilarityOverlay:
             f"<script type=\"module\">\n{js}\n"
             "const el = document.getElementById('sto-app');\n"
             "const model = makeLocalModel(Object.assign(\n"
-            "  {data: document.getElementById('sto-data').textContent},\n"
+            "  {data: document.getElementById('sto-data').textContent, nmf: ''},\n"
             "  JSON.parse(document.getElementById('sto-state').textContent)));\n"
             "render({model, el}).catch((e) => { el.textContent = 'overlay failed: ' + e; });\n"
             "</script>\n</body></html>\n")
 
-    def save_html(self, path, title: str | None = None) -> Path:
+    def save_html(self, path, title: str | None = None, nmf: bool | None = None) -> Path:
         """Write :meth:`to_html` to ``path`` (via a temporary file, then renamed)."""
         path = Path(path)
-        atomic_write_bytes(path, self.to_html(title).encode("utf-8"))
+        atomic_write_bytes(path, self.to_html(title, nmf=nmf).encode("utf-8"))
         return path
 
     def plot_query(self, query, layers=None, cmap: str | None = None, alpha: float | None = None):
@@ -378,8 +580,9 @@ def _widget_class():
             import traitlets
         except ImportError as err:
             raise ImportError(
-                "SimilarityOverlay.show() needs anywidget: pip install anywidget "
-                "(or use save_html(path) for a standalone file)") from err
+                "SimilarityOverlay.show() needs anywidget: pip install "
+                "\"simtorch-semantic[overlay]\" (or use save_html(path) for a standalone "
+                "file)") from err
 
         class OverlayWidget(anywidget.AnyWidget):
             """Front end of :class:`SimilarityOverlay` (``overlay/static/overlay.js``)."""
@@ -391,6 +594,7 @@ def _widget_class():
             cmap = traitlets.Unicode("viridis").tag(sync=True)
             layers_on = traitlets.List(traitlets.Unicode()).tag(sync=True)
             show_nmf = traitlets.Bool(False).tag(sync=True)
+            nmf = traitlets.Unicode("").tag(sync=True)      # NMF view, sent when first shown
 
         _WIDGET_CLASS = OverlayWidget
     return _WIDGET_CLASS
