@@ -355,7 +355,8 @@ _entry("imd", _top.imd, "topology",
        0.0, (_PERM, _ORTH, _ISO, _TRANS),
        options={"k": 5, "method": "exact", "steps": 10, "probes": 100, "seed": 0},
        aliases=("msid", "multiscale_intrinsic_distance", "imd_score"),
-       prepare=_top.imd_prepare, score=_top.imd_score)
+       prepare=_top.imd_prepare, score=_top.imd_score,
+       paired=False)  # compares two distributions: X [n, ...] and Y [m, ...] need not pair up
 _entry("rtd", _top.rtd, "topology",
        "Barannikov et al., Representation Topology Divergence: A Method for Comparing Neural "
        "Network Representations, ICML 2022; " + _RESI,
