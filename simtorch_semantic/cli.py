@@ -25,7 +25,8 @@ gives each rank its local GPU (``cuda:LOCAL_RANK``). See :mod:`simtorch_semantic
 ``torchrun ... -m simtorch_semantic -- compare ...``.)
 
 Exit status: 0 on success, 2 for bad arguments (usage, unknown model / layer / measure /
-weights, unreadable images, a model that cannot run at ``--image-size``), 1 when the comparison
+weights, unreadable images, a model that cannot run at ``--image-size``, a semantic_cka plan
+estimated above ``--max-minutes``), 1 when the comparison
 itself fails, 130 when interrupted. Every error is one line on stderr, without a traceback (set
 the environment variable ``SIMTORCH_SEMANTIC_TRACEBACK=1`` to see it).
 """
@@ -168,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "--option matching=greedy (semantic_cka), --option dims=20 (cca), "
                       "--option sigma_frac=0.5 (rbf_cka); values are read as int, float, "
                       "true/false/none or text")
+    cmp_.add_argument("--max-minutes", type=float, default=60.0, metavar="MIN",
+                      help="semantic_cka: time budget of the matching (default: 60); the plan "
+                      "(per layer S, C, pairs, solver, estimated time) is printed first, and a "
+                      "plan above the budget stops with the ways to shrink it")
     cmp_.add_argument("--seed", type=int, default=0,
                       help="seed of the random weights and of the augmentations (default: 0)")
     cmp_.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -402,6 +407,11 @@ def _compare(args) -> int:
                for key, value in fixed.items()}
     for key, value in _parse_options(args.option):
         options[key] = value
+    if cls_name == "SemanticCKA":  # plan before work: printed, and held to --max-minutes
+        if not args.max_minutes > 0:
+            raise CLIError(f"--max-minutes must be a positive number, got {args.max_minutes:g}")
+        options.setdefault("max_minutes", args.max_minutes)
+        options.setdefault("print_plan", True)
     if args.estimator is not None:
         if not takes_estimator:
             raise CLIError(f"--estimator applies to cka, rbf_cka and dcka, not to --measure "
@@ -480,6 +490,8 @@ def _compare(args) -> int:
     try:
         result = measure.compute(loader, progress=progress)
     except _ERRORS as err:
+        if type(err).__name__ == "PlanTooLarge":
+            raise CLIError(_plan_refusal(err, args), 2) from err
         raise CLIError(f"comparing {name_a} with {name_b} failed: {_one_line(err)}", 1) from err
 
     # how the inputs and models were made, so that the JSON alone says how to reproduce it
@@ -502,6 +514,26 @@ def _compare(args) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _plan_refusal(err, args) -> str:
+    """The refusal of a semantic CKA plan above --max-minutes, with the CLI's ways to shrink it
+    (the plan table itself was already printed)."""
+    from .functional.matching import _fmt_seconds
+    plan, sug = err.plan, err.suggestions
+    ways = []
+    if sug.get("n"):
+        ways.append(f"--n {sug['n']}")
+    if sug.get("max_positions"):
+        ways.append(f"--option max_positions={sug['max_positions']} (average-pools the maps; "
+                    "an approximation)")
+    ways.append(f"a smaller --image-size (now {args.image_size}; positions S grow with its "
+                "square)")
+    ways.append("fewer or coarser layers with --layers-a/--layers-b (e.g. 'layer3.*,layer4.*')")
+    ways.append(f"or a larger --max-minutes (now {args.max_minutes:g})")
+    return (f"semantic_cka would need about {_fmt_seconds(plan.total_seconds)} of matching "
+            f"({plan.total_pairs} pair problems), above --max-minutes {args.max_minutes:g}; "
+            "shrink it with " + "; ".join(ways))
 
 
 def _write_outputs(result, out: Path, stem: str, title: str | None = None) -> list[Path]:

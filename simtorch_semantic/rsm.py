@@ -324,7 +324,7 @@ def _get_or_calculate(kind, out_dir, representations, batch_size, kernel, matchi
 
 
 def get_or_calculate_RSM(out_dir, representations, batch_size=None, kernel="linear",
-                         matching="exact", n_workers=None, progress=True, layout="auto",
+                         matching="auto", n_workers=None, progress=True, layout="auto",
                          **matching_options):
     """Permutation-invariant (semantic) RSM of every layer, loaded from or stored in a cache.
 
@@ -335,8 +335,10 @@ def get_or_calculate_RSM(out_dir, representations, batch_size=None, kernel="line
         batch_size: None for the full ``N x N`` RSM; an int for one RSM per consecutive block
             of ``batch_size`` samples (module docstring).
         kernel: "linear" (old name "ip"), "cosine", "rbf" or a list of them.
-        matching: assignment solver (``functional.matching.SOLVERS``); ``**matching_options``
-            (e.g. ``k=`` for "batch_optimal") go to it and into the cache key.
+        matching: "auto" (default: exact scipy for small S, a certified auction above, by the
+            calibrated cost model ``functional.matching.choose_solver``) or a solver of
+            ``functional.matching.SOLVERS``; ``**matching_options`` (e.g. ``rel_tol=`` for the
+            auctions, ``k=`` for "batch_optimal") go to it and into the cache key.
         n_workers: solver threads (not part of the key: it does not change the result).
         progress: tqdm bars over layers and pairs.
         layout: "auto" (4-D ``(n, c, h, w)``, 3-D ``(n, t, d)``), "ncs" or "nsc".

@@ -278,7 +278,7 @@ def test_assignment_objective_plain_reference():
 
 
 def test_unknown_method_lists_valid_names():
-    valid = "valid methods are: exact, auction, batch_optimal, greedy"
+    valid = "valid methods are: auto, exact, batched, auction, batch_optimal, greedy"
     with pytest.raises(ValueError, match=valid):
         solve_assignment(np.eye(3), "hungarian")
 

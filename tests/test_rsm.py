@@ -232,7 +232,7 @@ def test_infeasible_exact_refused_before_any_layer(tmp_path, monkeypatch):
     monkeypatch.setattr(rsm_mod, "_layer_rsms", boom)
     big = {"small": np.zeros((4, 2, 2, 2)), "huge": torch.zeros(64, 1, 56, 56)}
     with pytest.raises(ValueError, match="would take about"):
-        get_or_calculate_RSM(tmp_path, big, progress=False)
+        get_or_calculate_RSM(tmp_path, big, matching="exact", progress=False)
 
 
 def test_unusual_dtypes_and_memory_layouts(tmp_path):

@@ -305,7 +305,7 @@ def test_rejects_infeasible_exact_before_computing():
     # 64 samples of 56 x 56 positions: hours of exact matching; refused with an estimate
     x = torch.zeros(64, 1, 3136)
     with pytest.raises(ValueError, match="would take about.*approximate"):
-        semantic_sim_parallel(x, progress=False)
+        semantic_sim_parallel(x, matching="exact", progress=False)
 
 
 def test_rejects_unknown_names():

@@ -133,7 +133,7 @@ def test_measure_matches_plain_reference(data):
     np.testing.assert_allclose(res.matrix, want, rtol=1e-9)
     assert res.measure == "semantic_cka" and res.n_samples == N
     assert res.row_layers == m1.layers and res.col_layers == m2.layers
-    assert res.params["kernel"] == "linear" and res.params["matching"] == "exact"  # "ip" renamed
+    assert res.params["kernel"] == "linear" and res.params["matching"] == "auto"  # "ip" renamed
     assert res.params["baseline"] is False and res.params["psd"] is None
 
 
@@ -276,8 +276,10 @@ def test_infeasible_exact_refused_at_first_batch():
     m = SimilarityModel(net, model_name="big", layers_to_include=["0"])
     X = torch.zeros(256, 1, 56, 56, dtype=torch.float64)  # S = 3136, 256 samples planned
     loader = DataLoader(TensorDataset(X), batch_size=8)
-    meas = SemanticCKA(m, m, kernel="ip")
-    with pytest.raises(ValueError, match="layer big.0: .*would take about.*approximate"):
+    meas = SemanticCKA(m, m, kernel="ip", matching="exact")
+    with pytest.raises(ValueError, match=r"(?s)would take about .* days, above max_minutes=60; "
+                       r"shrink it with fewer samples .*max_positions=.*big.0 +3136 +1 +32640 +"
+                       r"exact"):
         meas.compute(loader, progress=False)
     assert meas._n_batches == 0  # nothing collected
 
@@ -289,6 +291,7 @@ def test_five_d_activations_are_position_sets():
     m = SimilarityModel(nn.Sequential(nn.Identity()), model_name="v", layers_to_include=["0"])
     meas = SemanticCKA(m, m, kernel="ip")
     res = meas.compute(loader, progress=False)
-    assert res.matrix[0, 0] == pytest.approx(1.0) and not res.notes
+    assert res.matrix[0, 0] == pytest.approx(1.0)
+    assert [n for n in res.notes if not n.startswith("matching: ")] == []
     K = meas._rsm("v", "0", X)
     np.testing.assert_allclose(K, semantic_sim_parallel(X.reshape(6, 2, 8), progress=False))

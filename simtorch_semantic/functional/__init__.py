@@ -19,6 +19,7 @@ from .hsic import hsic_all_pairs, hsic_biased, hsic_cross, hsic_prepare, hsic_se
 from .kernels import (center_gram, linear_gram, median_bandwidth, median_distance, rbf_gram, sq_distances,
                       streaming_linear_gram)
 from .matching import SOLVERS, assignment_objective, check_exact_feasible, estimate_exact_seconds, solve_assignment
+from .matching import MATCHINGS, CertifiedAssignment, batched_auction, choose_solver, dual_bound, estimate_seconds
 from .procrustes import (procrustes_angular, procrustes_disparity, procrustes_nuclear_norm, procrustes_prepare,
                          procrustes_score, procrustes_score_all_pairs)
 from .rsa import (COMPARE_METHODS, RDM_METRICS, compare_rdms, compare_rdms_all_pairs, double_center, rdm,
@@ -28,6 +29,7 @@ from .semantic import KERNELS, LAYOUTS, perm_inv_semantic_sim, semantic_sim_para
 from .registry import INVARIANCES, MeasureSpec, describe_measure, get_measure, list_measures, register
 from .spatial import SPATIAL_POLICIES, apply_spatial, to_vectors
 from .protocol import similarity
+from .semantic import pool_positions
 
 __all__ = [
     "linear_gram", "streaming_linear_gram", "center_gram", "sq_distances", "median_bandwidth", "rbf_gram",
@@ -39,6 +41,7 @@ __all__ = [
     "procrustes_disparity", "procrustes_angular", "procrustes_nuclear_norm",
     "CCA_VARIANTS", "cca", "cca_similarity", "svcca", "pwcca",
     "SOLVERS", "solve_assignment", "assignment_objective", "estimate_exact_seconds", "check_exact_feasible",
+    "MATCHINGS", "CertifiedAssignment", "batched_auction", "dual_bound", "estimate_seconds", "choose_solver",
     "KERNELS", "LAYOUTS", "perm_inv_semantic_sim", "semantic_sim_parallel", "similarity_calculation",
     "similarity", "list_measures", "describe_measure", "get_measure", "register", "MeasureSpec",
     "INVARIANCES", "SPATIAL_POLICIES", "to_vectors", "apply_spatial",
@@ -48,4 +51,5 @@ __all__ = [
     "procrustes_prepare", "procrustes_score", "procrustes_score_all_pairs",
     "cca_prepare", "cca_score", "cca_score_all_pairs",
     "semantic_cka_prepare", "semantic_rsm",
+    "pool_positions",
 ]

@@ -38,14 +38,43 @@ Solvers (``SOLVERS``):
     (``O(S^2)`` per matrix, vectorised over the batch). No guarantee (it can be far from the
     optimum on adversarial matrices); 0.97-0.99 of the optimum on ReLU affinities.
 
+``"batched"`` (options ``rel_tol`` = 1e-3, ``theta`` = 0.2, ``eps0`` = 0.02, ``max_phases`` = 30,
+``bidders`` = 4, ``max_rounds``)
+    The same forward auction with epsilon scaling written as torch tensor operations on a whole
+    ``[B, S, S]`` block of problems at once, on the block's device (CPU or CUDA): each round up
+    to ``bidders`` unassigned persons of every unfinished problem bid at once (a Jacobi round
+    inside a problem, Gauss-Seidel-like when ``bidders`` is small), the winning bid per object is
+    a ``scatter_reduce(amax)``, and only the loop over rounds is in Python. Every problem gets
+    the duality-gap certificate after each phase (:func:`dual_bound`); see
+    :func:`batched_auction`, which also returns the objective, the bound and whether it is
+    certified. ``solve_assignment(..., "batched")`` returns the permutation only; a problem that
+    is not certified (``max_phases``/``max_rounds`` exhausted, or eps at the floor of the
+    affinity's precision) is re-solved exactly, so the returned permutation always satisfies
+    ``J >= (1 - rel_tol) * optimum`` (for ``J >= 0``).
+``"auto"``
+    Not a solver but a choice: per problem size (and device), the solver that the calibrated
+    cost model (:func:`estimate_seconds`, constants from ``benchmarks/calibrate_matching.py``)
+    predicts to be fastest (:func:`choose_solver`): ``exact`` or ``auction`` on the CPU,
+    ``exact`` or ``batched`` on a GPU; all are certified.
+
 Costs: ``exact`` ~ ``O(S^3)`` (27 s at S = 3136 on one core; :func:`estimate_exact_seconds`,
 :func:`check_exact_feasible`), the others ~ ``O(S^2)`` per round or block.
+
+Certificate. For any prices ``p`` (``[S]``),
+
+.. math::  D(p) = \sum_i \max_j (A_{ij} - p_j) + \sum_j p_j \;\ge\; \max_\pi \sum_i A_{i\pi(i)}
+
+(weak duality of the assignment LP: ``sum_i A_{i pi(i)} = sum_i (A_{i pi(i)} - p_{pi(i)}) +
+sum_j p_j <= D(p)``). So ``D(p) - J(pi)`` bounds the distance of ``pi`` to the optimum, problem
+by problem, and anyone can check it with :func:`dual_bound`.
 """
 from __future__ import annotations
 
+import math
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -57,14 +86,23 @@ except ImportError:  # pragma: no cover - torch is a hard dependency of the pack
 
 __all__ = [
     "SOLVERS",
+    "MATCHINGS",
+    "CertifiedAssignment",
+    "batched_auction",
+    "dual_bound",
+    "estimate_seconds",
+    "choose_solver",
     "solve_assignment",
     "assignment_objective",
     "estimate_exact_seconds",
     "resolve_n_workers",
+    "solve_auction",
     "check_exact_feasible",
 ]
 
-SOLVERS = ("exact", "auction", "batch_optimal", "greedy")
+SOLVERS = ("exact", "batched", "auction", "batch_optimal", "greedy")
+#: what the ``matching=`` arguments accept: a solver of :data:`SOLVERS`, or "auto"
+MATCHINGS = ("auto",) + SOLVERS
 
 # ---------------------------------------------------------------------------------------------
 # validation helpers
@@ -123,9 +161,9 @@ def _as_affinity_batch(affinity):
 
 
 def _check_method(method):
-    if method not in SOLVERS:
+    if not isinstance(method, str) or method not in MATCHINGS:
         raise ValueError(
-            f"unknown matching method {method!r}; valid methods are: {', '.join(SOLVERS)}"
+            f"unknown matching method {method!r}; valid methods are: {', '.join(MATCHINGS)}"
         )
 
 
@@ -140,6 +178,12 @@ def resolve_n_workers(n_workers):
 
 
 _n_workers = resolve_n_workers
+
+
+def solve_auction(a, **options):
+    """One maximising assignment of affinity ``a [S, S]`` by the auction (see ``_solve_auction``
+    for the options); the public name other modules use."""
+    return _solve_auction(a, **options)
 
 
 def _map_batch(fn, a, n_workers):
@@ -327,7 +371,8 @@ def _gauss_seidel_tail(U, flat, prices, eps, assign, owner, S):
             queue.append(b * S + prev)
 
 
-def _solve_auction(a, rel_tol=1e-3, theta=0.2, eps0=0.02, max_phases=20, gs_bidders=_GS_BIDDERS):
+def _solve_auction(a, rel_tol=1e-3, theta=0.2, eps0=0.02, max_phases=20, gs_bidders=_GS_BIDDERS,
+                   return_bound=False):
     """Forward auction with epsilon scaling (Bertsekas 1988), bids vectorised over the batch.
 
     Persons are rows, objects columns. Each round every unassigned person ``i`` bids for its best
@@ -342,6 +387,9 @@ def _solve_auction(a, rel_tol=1e-3, theta=0.2, eps0=0.02, max_phases=20, gs_bidd
     the new ``eps``-slackness are unassigned. After each phase the duality gap
     ``D - J`` with ``D = sum_i max_j (A_ij - p_j) + sum_j p_j >= optimum`` is computed; a problem
     stops when ``D - J <= rel_tol * |J|``, which certifies ``J >= optimum - rel_tol * |J|``.
+
+    With ``return_bound`` it returns ``(perm [B, S], J [B], bound [B])``: ``bound`` is the
+    smallest ``D`` of all phases (float64, an upper bound of the optimum of ``a``).
     """
     for name, val, lo, hi in (("rel_tol", rel_tol, 0.0, None), ("theta", theta, 0.0, 1.0),
                               ("eps0", eps0, 0.0, None)):
@@ -355,7 +403,8 @@ def _solve_auction(a, rel_tol=1e-3, theta=0.2, eps0=0.02, max_phases=20, gs_bidd
         )
     B, S, _ = a.shape
     if S == 1:
-        return np.zeros((B, 1), dtype=np.int64)
+        perm = np.zeros((B, 1), dtype=np.int64)
+        return (perm, a[:, 0, 0].copy(), a[:, 0, 0].copy()) if return_bound else perm
     flat64 = a.reshape(B * S, S)
     # Bids are computed on a float32 copy (half the memory traffic) while eps is well above
     # float32 resolution of the affinities; below that on the float64 input. The certificate
@@ -373,6 +422,7 @@ def _solve_auction(a, rel_tol=1e-3, theta=0.2, eps0=0.02, max_phases=20, gs_bidd
     owner = np.full(B * S, -1, dtype=np.int64)   # global object -> local person
     best = np.tile(np.arange(S, dtype=np.int64), (B, 1))
     best_obj = np.full(B, -np.inf)
+    best_bound = np.full(B, np.inf)
     ar = np.arange(S)
     buf = np.empty((max(1, min(S, _CHUNK_ELEMS // (8 * S))), S))
     max_bidders = max(64, _ROUND_ELEMS // S)
@@ -414,7 +464,9 @@ def _solve_auction(a, rel_tol=1e-3, theta=0.2, eps0=0.02, max_phases=20, gs_bidd
             rowmax = _row_max_net(a[b], prices[b], buf)
             own = a[b][ar, asg] - prices[b][asg]
             obj = float(a[b][ar, asg].sum())
-            gap = float(rowmax.sum() + prices[b].sum() - obj)
+            bound = float(rowmax.sum() + prices[b].sum())
+            best_bound[b] = min(best_bound[b], bound)
+            gap = bound - obj
             if obj > best_obj[b]:
                 best_obj[b] = obj
                 best[b] = asg
@@ -427,11 +479,293 @@ def _solve_auction(a, rel_tol=1e-3, theta=0.2, eps0=0.02, max_phases=20, gs_bidd
             assign[b * S + loose] = -1
         if not active.any():
             break
+    if return_bound:
+        const = ~(a.max(axis=(1, 2)) > a.min(axis=(1, 2)))  # identity: objective = bound
+        diag = np.einsum("bii->b", a)
+        best_obj = np.where(const, diag, best_obj)
+        best_bound = np.where(const, diag, best_bound)
+        return best, best_obj, best_bound
     return best
 
 
 # ---------------------------------------------------------------------------------------------
+# batched auction in torch (CPU and CUDA)
+
+
+class CertifiedAssignment(NamedTuple):
+    """Result of :func:`batched_auction` for ``B`` problems.
+
+    Attributes:
+        perm: int64 tensor ``[B, S]`` (on the affinity's device), ``perm[b, i]`` = column of row i.
+        objective: float64 tensor ``[B]``, ``J_b = sum_i A[b, i, perm[b, i]]``.
+        bound: float64 tensor ``[B]``, an upper bound of the optimum of problem ``b``
+            (the dual value :func:`dual_bound` of the final prices, plus the rounding slack of
+            the affinity's precision).
+        certified: bool tensor ``[B]``, ``bound - objective <= rel_tol * |objective|``.
+        prices: tensor ``[B, S]`` of the final prices (a warm start for a similar problem).
+    """
+
+    perm: "torch.Tensor"
+    objective: "torch.Tensor"
+    bound: "torch.Tensor"
+    certified: "torch.Tensor"
+    prices: "torch.Tensor"
+
+
+def dual_bound(affinity, prices):
+    """Upper bound ``D(p) = sum_i max_j (A_ij - p_j) + sum_j p_j`` of every problem's optimum.
+
+    Computed in float64 (weak duality, module docstring): valid for any prices.
+
+    Args:
+        affinity: ``[B, S, S]`` or ``[S, S]`` (torch tensor or NumPy array).
+        prices: ``[B, S]`` or ``[S]``.
+
+    Returns:
+        float64 NumPy ``[B]`` (0-d for 2-D input).
+    """
+    a, was_2d = _as_affinity_batch(affinity)
+    p = np.asarray(_to_numpy(prices, "prices"), dtype=np.float64)
+    if p.ndim == 1:
+        p = p[None]
+    if p.shape != a.shape[:2]:
+        raise ValueError(f"prices must have shape {a.shape[:2][1 if was_2d else 0:]} "
+                         f"(one per column), got {p.shape}")
+    d = (a - p[:, None, :]).max(axis=2).sum(axis=1) + p.sum(axis=1)
+    return d[0] if was_2d else d
+
+
+def _check_positive(name, val, hi=None):
+    if isinstance(val, bool) or not isinstance(val, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(val) or val <= 0 or (hi is not None and val >= hi):
+        rng = f"in (0, {hi})" if hi is not None else "> 0"
+        raise ValueError(f"{name} (batched auction option) must be a number {rng}, got {val!r}")
+
+
+def _check_count(name, val, allow_none=False):
+    if val is None and allow_none:
+        return
+    if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
+        raise ValueError(f"{name} (batched auction option) must be a positive integer"
+                         f"{' or None' if allow_none else ''}, got {val!r}")
+
+
+# rows x columns of (A - p) materialised at once by the certificate pass
+_CERT_ELEMS = 1 << 22
+
+
+def _row_max_net_t(A, p):
+    """``max_j (A[b, i, j] - p[b, j])`` ``[B, S]`` in A's dtype, in blocks of problems."""
+    B, S, _ = A.shape
+    out = torch.empty((B, S), dtype=A.dtype, device=A.device)
+    step = max(1, _CERT_ELEMS // (S * S))
+    for lo in range(0, B, step):
+        hi = min(B, lo + step)
+        torch.amax(A[lo:hi] - p[lo:hi, None, :], dim=2, out=out[lo:hi])
+    return out
+
+
+def batched_auction(affinity, rel_tol=1e-3, theta=0.2, eps0=0.02, max_phases=30, bidders=4,
+                    max_rounds=None, prices=None):
+    """Forward auction with epsilon scaling on a batch of problems, as torch tensor operations.
+
+    Maximises ``sum_i A[b, i, perm[b, i]]`` for every ``b`` (Bertsekas 1988). Persons are rows,
+    objects columns. A round takes, in every unfinished problem, up to ``bidders`` unassigned
+    persons; each bids for its best object ``j1 = argmax_j (A_ij - p_j)`` the price
+    ``p_j1 + (w1 - w2) + eps`` (``w1``, ``w2``: best and second-best net values); every object
+    goes to its highest bid (``scatter_reduce`` amax; ties to the lowest person), whose previous
+    owner becomes unassigned. Python loops only over rounds and phases; all problems advance
+    together. A phase ends when every person of a problem is assigned (eps-complementary
+    slackness, so ``J >= optimum - S * eps``); then the certificate
+    ``bound = D(p) + slack >= optimum`` (:func:`dual_bound`; ``slack = S * u * (max|A| +
+    max|p|)``, ``u`` the unit roundoff of A's dtype, covers the rounding of ``A_ij - p_j``) is
+    computed per problem, and a problem with ``bound - J <= rel_tol * |J|`` is finished.
+    Otherwise ``eps *= theta`` and the persons violating the new eps-slackness are unassigned.
+
+    Warm start: prices start at ``prices`` if given, else at the column means of ``A`` (they
+    remove most of the bidding war when every row prefers the same high-norm columns); ``eps``
+    starts at ``eps0`` times each problem's range of affinities. Constant matrices return the
+    identity (certified: every permutation is optimal).
+
+    Args:
+        affinity: ``[B, S, S]`` (or ``[S, S]``) float tensor on any device (NumPy accepted);
+            float32 bids are fine, the certificate accounts for their rounding.
+        rel_tol: certified relative gap, default 1e-3.
+        theta: eps reduction per phase, in (0, 1).
+        eps0: first eps as a fraction of the affinity's range.
+        max_phases: scaling phases at most.
+        bidders: unassigned persons per problem and round (larger: fewer rounds, more
+            conflicting bids; on a GPU use more).
+        max_rounds: bidding rounds at most over all phases (default ``200 * S + 1000``).
+        prices: optional ``[B, S]`` initial prices.
+
+    Returns:
+        :class:`CertifiedAssignment` (tensors on the affinity's device; ``[S]``-shaped fields
+        squeezed for 2-D input). Problems that are not certified when the limits are reached
+        return the best assignment found, ``certified = False``.
+    """
+    _check_positive("rel_tol", rel_tol)
+    _check_positive("theta", theta, 1.0)
+    _check_positive("eps0", eps0)
+    _check_count("max_phases", max_phases)
+    _check_count("bidders", bidders)
+    _check_count("max_rounds", max_rounds, allow_none=True)
+    if isinstance(affinity, torch.Tensor):
+        A = affinity.detach()
+        if A.is_complex():
+            raise TypeError(f"affinity must be real-valued, got a complex tensor ({A.dtype})")
+        if not A.is_floating_point() or A.dtype in (torch.float16, torch.bfloat16):
+            A = A.float()
+        if A.ndim not in (2, 3) or A.shape[-1] != A.shape[-2] or A.shape[-1] == 0:
+            _as_affinity_batch(A.cpu())  # raises the shape error
+        if not bool(torch.isfinite(A).all()):
+            _as_affinity_batch(A.cpu())  # raises the NaN/Inf error with its position
+    else:
+        A = torch.from_numpy(_as_affinity_batch(affinity)[0])
+        if np.ndim(affinity) == 2:
+            A = A[0]
+    was_2d = A.ndim == 2
+    if was_2d:
+        A = A[None]
+    A = A.contiguous()
+    B, S, _ = A.shape
+    dev, dt = A.device, A.dtype
+    if prices is not None:
+        p = torch.as_tensor(prices, dtype=dt, device=dev).reshape(-1)
+        if p.numel() != B * S or not bool(torch.isfinite(p).all()):
+            raise ValueError(f"prices must be finite with shape [B, S] = [{B}, {S}]")
+        p = p.reshape(B, S).clone()
+    else:
+        p = A.mean(dim=1)
+    max_rounds = int(max_rounds) if max_rounds is not None else 200 * S + 1000
+    amax = A.amax(dim=(1, 2))
+    amin = A.amin(dim=(1, 2))
+    spread = amax - amin
+    active = spread > 0
+    if S == 1:  # one position: the identity is the only permutation
+        active.zero_()
+    const = ~active
+    spread = torch.where(spread > 0, spread, torch.ones_like(spread))
+    eps = eps0 * spread
+    u = torch.finfo(dt).eps
+    scale = torch.maximum(amax.abs(), amin.abs()).double()
+    eps_floor = 64 * u * torch.maximum(scale, spread.double()).to(dt)
+    big = B * S  # index of a dummy slot at the end of the flat state vectors
+    ar = torch.arange(S, device=dev)
+    # state: flat vectors of B*S entries plus one dummy slot that absorbs the writes of losers
+    aflat = torch.full((big + 1,), -1, dtype=torch.long, device=dev)   # person -> local object
+    owner = torch.full((big + 1,), -1, dtype=torch.long, device=dev)   # object -> local person
+    assign = aflat[:big].view(B, S)
+    assign[const] = ar
+    owner[:big].view(B, S)[const] = ar
+    pflat = torch.empty(big + 1, dtype=dt, device=dev)
+    pflat[:big] = p.reshape(-1)
+    p = pflat[:big].view(B, S)
+    flat = A.view(B * S, S)
+    best = ar.repeat(B, 1)
+    best_obj = torch.full((B,), -math.inf, dtype=torch.float64, device=dev)
+    best_bound = torch.full((B,), math.inf, dtype=torch.float64, device=dev)
+    certified = torch.zeros(B, dtype=torch.bool, device=dev)
+    phases = torch.zeros(B, dtype=torch.long, device=dev)
+    rounds = 0
+
+    def certify(idx):
+        """Phase end of problems ``idx`` (complete assignments): certificate, best, next eps."""
+        nonlocal best, best_obj, best_bound
+        Ai, pi, ai = A.index_select(0, idx), p.index_select(0, idx), assign.index_select(0, idx)
+        own = torch.gather(Ai, 2, ai[:, :, None])[:, :, 0]
+        rowmax = _row_max_net_t(Ai, pi)
+        obj = own.double().sum(dim=1)
+        slack = S * u * (scale.index_select(0, idx) + pi.abs().amax(dim=1).double())
+        bound = rowmax.double().sum(dim=1) + pi.double().sum(dim=1) + slack
+        better = obj > best_obj.index_select(0, idx)
+        best.index_copy_(0, idx, torch.where(better[:, None], ai, best.index_select(0, idx)))
+        bo = torch.where(better, obj, best_obj.index_select(0, idx))
+        bb = torch.minimum(best_bound.index_select(0, idx), bound)
+        best_obj.index_copy_(0, idx, bo)
+        best_bound.index_copy_(0, idx, bb)
+        ok = bb - bo <= rel_tol * bo.abs()
+        certified.index_copy_(0, idx, ok)
+        ph = phases.index_select(0, idx) + 1
+        phases.index_copy_(0, idx, ph)
+        ei = eps.index_select(0, idx)
+        go_on = ~ok & (ei > eps_floor.index_select(0, idx)) & (ph < max_phases)
+        active.index_copy_(0, idx, go_on)
+        ei = torch.where(go_on, torch.maximum(ei * theta, eps_floor.index_select(0, idx)), ei)
+        eps.index_copy_(0, idx, ei)
+        # unassign the persons that violate the new eps-slackness
+        loose = go_on[:, None] & (rowmax - (own - torch.gather(pi, 1, ai)) > ei[:, None])
+        gl = (idx[:, None] * S + ar).reshape(-1)
+        gl = torch.where(loose.reshape(-1), gl, big)
+        gobj = torch.where(loose.reshape(-1), gl - torch.remainder(gl, S) + aflat.index_select(0, gl), big)
+        owner.index_fill_(0, gobj, -1)
+        aflat.index_fill_(0, gl, -1)
+
+    while rounds < max_rounds:
+        un = assign < 0
+        ready = active & ~un.any(dim=1)
+        if bool(ready.any()):
+            certify(torch.nonzero(ready).squeeze(1))
+            un = assign < 0
+        free = un & active[:, None]
+        if bidders < S:
+            free &= free.cumsum(dim=1) <= bidders
+        U = torch.nonzero(free.view(-1)).squeeze(1)
+        if U.numel() == 0:
+            break
+        rounds += 1
+        bU = torch.div(U, S, rounding_mode="floor")
+        net = flat.index_select(0, U) - p.index_select(0, bU)   # [U, S]
+        w1, j1 = net.max(dim=1)
+        net.scatter_(1, j1[:, None], -math.inf)
+        w2 = net.amax(dim=1)
+        gobj = bU * S + j1
+        bid = pflat.index_select(0, gobj) + (w1 - w2) + eps.index_select(0, bU)
+        top = torch.full((big + 1,), -math.inf, dtype=dt, device=dev)
+        top.scatter_reduce_(0, gobj, bid, "amax")
+        is_top = bid == top.index_select(0, gobj)
+        first = torch.full((big + 1,), big, dtype=torch.long, device=dev)
+        first.scatter_reduce_(0, gobj, torch.where(is_top, U, big), "amin")
+        win = is_top & (U == first.index_select(0, gobj))
+        tgt = torch.where(win, gobj, big)
+        prev = owner.index_select(0, tgt)
+        aflat.index_fill_(0, torch.where(win & (prev >= 0), bU * S + prev, big), -1)
+        owner.index_copy_(0, tgt, torch.remainder(U, S))
+        aflat.index_copy_(0, torch.where(win, U, big), j1)
+        pflat.index_copy_(0, tgt, bid)
+    if rounds >= max_rounds:  # a phase may be unfinished: the last certified state stands
+        active.zero_()
+    # constant (or S = 1) problems: identity, objective = bound = sum of the diagonal
+    if bool(const.any()):
+        diag = A.diagonal(dim1=1, dim2=2).double().sum(dim=1)
+        best_obj = torch.where(const, diag, best_obj)
+        best_bound = torch.where(const, diag, best_bound)
+        best = torch.where(const[:, None], ar, best)
+        certified |= const
+    never = best_obj == -math.inf  # round limit before the first phase ended: identity, no bound
+    if bool(never.any()):
+        best = torch.where(never[:, None], ar, best)
+        best_obj = torch.where(never, A.diagonal(dim1=1, dim2=2).double().sum(dim=1), best_obj)
+        best_bound = torch.where(never, math.inf, best_bound)
+    p = p.clone()
+    res = CertifiedAssignment(best, best_obj, best_bound, certified, p)
+    if was_2d:
+        res = CertifiedAssignment(*(t[0] for t in res))
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
 # public API
+
+
+_OPTIONS = {
+    "exact": {"n_workers"},
+    "batched": {"rel_tol", "theta", "eps0", "max_phases", "bidders", "max_rounds", "n_workers"},
+    "auction": {"rel_tol", "theta", "eps0", "max_phases", "n_workers"},
+    "batch_optimal": {"k", "row_norms", "col_norms", "n_workers"},
+    "greedy": {"n_workers"},
+}
+_OPTIONS["auto"] = _OPTIONS["exact"] | _OPTIONS["batched"]
 
 
 def solve_assignment(affinity, method="exact", **options):
@@ -439,43 +773,52 @@ def solve_assignment(affinity, method="exact", **options):
 
     Args:
         affinity: float ``[B, S, S]`` or ``[S, S]`` (torch tensor or NumPy array). Finite.
-        method: one of :data:`SOLVERS`.
+        method: one of :data:`SOLVERS`, or ``"auto"`` (:func:`choose_solver` for this ``S``).
         **options: solver options:
             ``exact``: ``n_workers`` (threads for B > 1; default ``os.cpu_count()``);
+            ``batched``: ``rel_tol`` (default 1e-3; certified relative gap to the optimum; the
+            few problems that end uncertified are solved exactly), ``theta``, ``eps0``,
+            ``max_phases``, ``bidders``, ``max_rounds`` (:func:`batched_auction`);
             ``auction``: ``rel_tol`` (default 1e-3; certified relative gap to the optimum),
             ``theta`` (eps reduction per phase, 0.2), ``eps0`` (first eps as a fraction of the
             affinity's range, 0.02), ``max_phases`` (20);
             ``batch_optimal``: ``k`` (block size, default 256), ``row_norms``/``col_norms``
             ``[B, S]`` (norms of the two samples' vectors; default proxies are the affinity's
             row/column maxima), ``n_workers``;
-            ``greedy``: none.
-            Every method accepts ``n_workers`` (ignored by the vectorised ``auction`` and
-            ``greedy``), so callers can pass it uniformly. Unknown options raise ``TypeError``.
+            ``greedy``: none; ``auto``: those of ``exact`` and ``batched``.
+            Every method accepts ``n_workers`` (ignored by the vectorised ``auction``,
+            ``batched`` and ``greedy``), so callers can pass it uniformly. Unknown options raise
+            ``TypeError``.
 
     Returns:
         ``np.ndarray[int64]`` ``[B, S]`` (``[S]`` for 2-D input): ``perm[b, i]`` is the column
         assigned to row ``i``.
 
     Raises:
-        ValueError: unknown ``method`` (the message lists :data:`SOLVERS`), input that is not
+        ValueError: unknown ``method`` (the message lists :data:`MATCHINGS`), input that is not
         ``[S, S]``/``[B, S, S]``, not square, empty, or holds NaN/Inf; bad option values.
     """
     _check_method(method)
     a, was_2d = _as_affinity_batch(affinity)
-    allowed = {
-        "exact": {"n_workers"},
-        "auction": {"rel_tol", "theta", "eps0", "max_phases", "n_workers"},
-        "batch_optimal": {"k", "row_norms", "col_norms", "n_workers"},
-        "greedy": {"n_workers"},
-    }[method]
+    allowed = _OPTIONS[method]
     unknown = set(options) - allowed
     if unknown:
         raise TypeError(
             f"unknown option(s) {sorted(unknown)} for method {method!r}; "
             f"valid options: {sorted(allowed) or 'none'}"
         )
+    if method == "auto":
+        method = choose_solver(a.shape[-1])
+        options = {k: v for k, v in options.items() if k in _OPTIONS[method]}
     if method == "exact":
         perm = _solve_exact(a, **options)
+    elif method == "batched":
+        workers = options.pop("n_workers", None)
+        res = batched_auction(torch.from_numpy(a), **options)
+        perm = res.perm.cpu().numpy().astype(np.int64, copy=True)
+        bad = ~res.certified.cpu().numpy()
+        if bad.any():  # the guarantee holds for every problem: the rest are solved exactly
+            perm[bad] = _solve_exact(a[bad], n_workers=workers)
     elif method == "auction":
         options.pop("n_workers", None)
         perm = _solve_auction(a, **options)
@@ -533,6 +876,79 @@ def estimate_exact_seconds(S, B=1, n_workers=None):
         raise ValueError(f"B (number of pairs) must be a non-negative integer, got {B!r}")
     workers = min(_n_workers(n_workers), max(int(B), 1))
     return float((_EXACT_C3 * S**3 + _EXACT_C2 * S**2) * B / workers)
+
+
+# Calibration of the certified auctions (seconds per problem on ResNet-18 conv/ReLU affinities of
+# two different photographs, S = 36 ... 3136, one thread; the NumPy auction one problem at a
+# time, the torch batched auction on a block of the problems): t(S) ~= c * S^e, fitted and
+# printed by benchmarks/calibrate_matching.py (run of 2026-12-02, figures and machine load in
+# benchmarks/RESULTS.md; the same run's exact fit, 8.98e-10 S^3 + 1.5e-8 S^2, agrees with the
+# constants above). Measured under a load average of ~17 on 2 cores: absolute times are ~3-6x
+# those of a quiet machine, the ratios between solvers (measured interleaved) are what matter.
+_AUCTION_C = 1.55e-6
+_AUCTION_E = 2.024
+_BATCHED_C = 1.01e-4
+_BATCHED_E = 1.671
+# Which solvers "auto" considers: on the CPU exact or the NumPy auction (the batched torch
+# auction measured 2-6x slower than the NumPy one there: its Jacobi rounds cost a fixed ~0.3 ms
+# each, and a problem needs thousands). On other devices the batched auction, whose rounds run
+# on the device: no GPU was available to calibrate it, so there "auto" takes it from
+# S >= _AUTO_DEVICE_MIN_S on (an assumption, not a measurement).
+_AUTO_CPU = ("exact", "auction")
+_AUTO_DEVICE_MIN_S = 576
+
+
+def _per_problem_seconds(method, S):
+    S = float(S)
+    if method == "exact":
+        return _EXACT_C3 * S ** 3 + _EXACT_C2 * S ** 2
+    if method == "auction":
+        return _AUCTION_C * S ** _AUCTION_E
+    if method == "batched":
+        return _BATCHED_C * S ** _BATCHED_E
+    raise ValueError(f"estimate_seconds models 'exact', 'auction', 'batched' and 'auto', not "
+                     f"{method!r}")
+
+
+def estimate_seconds(method, S, B=1, n_workers=None, device="cpu"):
+    """Estimated wall time in seconds of solving ``B`` ``S x S`` problems with ``method``.
+
+    ``"exact"``: :func:`estimate_exact_seconds`; ``"auction"``, ``"batched"``: the calibrated
+    power laws ``c * S^e`` per problem (constants ``_AUCTION_*``, ``_BATCHED_*`` from
+    ``benchmarks/calibrate_matching.py``), times ``B / min(B, n_workers)``; ``"auto"``: that of
+    :func:`choose_solver` ``(S, device)``. Other methods are not modelled (``ValueError``).
+    """
+    if method == "auto":
+        method = choose_solver(S, device)
+    if method == "exact":
+        return estimate_exact_seconds(S, B, n_workers=n_workers)
+    if not isinstance(S, (int, np.integer)) or S < 1:
+        raise ValueError(f"S (positions per sample) must be a positive integer, got {S!r}")
+    if not isinstance(B, (int, np.integer)) or B < 0:
+        raise ValueError(f"B (number of pairs) must be a non-negative integer, got {B!r}")
+    per = _per_problem_seconds(method, S)
+    workers = min(_n_workers(n_workers), max(int(B), 1))
+    return float(per * B / workers)
+
+
+def choose_solver(S, device="cpu"):
+    """The solver ``matching="auto"`` uses for ``S x S`` problems on ``device``.
+
+    On the CPU the candidate with the smallest calibrated time per problem
+    (:func:`estimate_seconds`): ``"exact"`` or ``"auction"``; on other devices ``"batched"`` for
+    ``S >= 576`` (uncalibrated: no GPU was available), else ``"exact"``. All of them are
+    certified (exact: the optimum; the auctions: within ``rel_tol`` of it, the
+    uncertified remainder re-solved exactly). ``S <= 2`` is always exact.
+    """
+    if not isinstance(S, (int, np.integer)) or S < 1:
+        raise ValueError(f"S (positions per sample) must be a positive integer, got {S!r}")
+    if S <= 2:
+        return "exact"
+    kind = device.type if torch is not None and isinstance(device, torch.device) \
+        else str(device).split(":")[0]
+    if kind != "cpu":
+        return "batched" if S >= _AUTO_DEVICE_MIN_S else "exact"
+    return min(_AUTO_CPU, key=lambda m: _per_problem_seconds(m, S))
 
 
 def _fmt_seconds(t):

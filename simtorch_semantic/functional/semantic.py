@@ -46,6 +46,8 @@ never below the baseline one (the identity is one of the permutations).
 """
 from __future__ import annotations
 
+import math
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -55,7 +57,15 @@ from tqdm.auto import tqdm
 
 from simtorch_semantic.functional._validation import promote, to_tensor
 from simtorch_semantic.distributed import fill_pairs, share
-from simtorch_semantic.functional.matching import SOLVERS, check_exact_feasible, resolve_n_workers, solve_assignment
+from simtorch_semantic.functional.matching import (
+    MATCHINGS,
+    resolve_n_workers,
+    solve_auction,
+    batched_auction,
+    check_exact_feasible,
+    choose_solver,
+    solve_assignment,
+)
 
 __all__ = [
     "KERNELS",
@@ -65,6 +75,10 @@ __all__ = [
     "similarity_calculation",
     "rbf_from_sq_dists",
     "median_sigma",
+    "pool_positions",
+    "pooled_grid",
+    "pairs_per_block",
+    "available_bytes",
 ]
 
 KERNELS = ("linear", "cosine", "rbf")  # "ip": the old name of "linear", accepted with a warning
@@ -75,7 +89,9 @@ LAYOUTS = ("auto", "ncs", "nsc")
 # pairs per torch.bmm chunk is bounded by this many bytes of affinity matrices
 _CHUNK_BYTES = 32 * 2**20
 # solvers of matching.py that take an n_workers option
-_THREADED_SOLVERS = ("exact", "batch_optimal", "auction")
+_THREADED_SOLVERS = ("exact", "batch_optimal", "auction", "batched")
+# solvers with a duality certificate: every pair is checked, the uncertified ones re-solved exactly
+_CERTIFIED = ("batched", "auction")
 # pairs handed to one worker-thread task
 _TASK_PAIRS = 8
 
@@ -109,9 +125,9 @@ def _check_kernels(kernel):
 
 
 def _check_matching(matching):
-    if not isinstance(matching, str) or matching not in SOLVERS:
+    if not isinstance(matching, str) or matching not in MATCHINGS:
         raise ValueError(
-            f"unknown matching (solver) {matching!r}; valid solvers are {list(SOLVERS)}"
+            f"unknown matching (solver) {matching!r}; valid choices are {list(MATCHINGS)}"
         )
 
 
@@ -195,6 +211,80 @@ def _check_pair(xs, ys, names=("x", "y")):
             f"{xs.shape[2]} vs {ys.shape[2]}; both must come from the same layer (or a layer with "
             "the same width)"
         )
+
+
+def _check_max_positions(max_positions):
+    if max_positions is None:
+        return None
+    if isinstance(max_positions, bool) or not isinstance(max_positions, (int, np.integer)) \
+            or max_positions < 1:
+        raise ValueError(f"max_positions must be None (full resolution) or a positive integer, "
+                         f"got {max_positions!r}")
+    return int(max_positions)
+
+
+def pooled_grid(H, W, max_positions):
+    """Output grid ``(h, w)`` of :func:`pool_positions` for an ``H x W`` map: ``h * w <=
+    max_positions``, ``h <= H``, ``w <= W``, aspect ratio kept (both sides scaled by
+    ``sqrt(max_positions / (H W))``, rounded down, then the side with room grown while the
+    product fits)."""
+    if H * W <= max_positions:
+        return H, W
+    f = math.sqrt(max_positions / (H * W))
+    h, w = max(1, min(H, int(H * f))), max(1, min(W, int(W * f)))
+    while True:  # use the budget left by rounding down
+        if w < W and h * (w + 1) <= max_positions and (w + 1) * H <= (h + 1) * W:
+            w += 1
+        elif h < H and (h + 1) * w <= max_positions:
+            h += 1
+        elif w < W and h * (w + 1) <= max_positions:
+            w += 1
+        else:
+            return h, w
+
+
+def pool_positions(x, max_positions, layout="ncs"):
+    """Average-pool the positions of feature maps to at most ``max_positions`` (an approximation).
+
+    ReSi (Klabunde et al. 2024) pools conv maps the same way before comparing them. This changes
+    what is compared: the semantic similarity of the pooled maps matches coarser regions (each
+    pooled position averages a block of the original ones), so it is an approximation of the
+    full-resolution value whose error is measured in benchmarks/RESULTS.md. Never applied
+    unless asked for.
+
+    Args:
+        x: ``[N, C, H, W]`` or ``[N, C, S]`` (layout "ncs"), ``[N, H, W, C]`` or ``[N, T, D]``
+            (layout "nsc"); torch tensor or NumPy array.
+        max_positions: positive int, the most positions kept (``H x W`` maps keep their aspect
+            ratio, :func:`pooled_grid`; sequences are pooled to ``max_positions`` tokens with
+            ``adaptive_avg_pool1d``).
+
+    Returns:
+        a tensor of the same layout with ``S' <= max_positions`` positions (``x`` itself, as a
+        tensor, when it already has at most that many).
+    """
+    max_positions = _check_max_positions(max_positions)
+    t = _as_tensor(x, "x")
+    if t.ndim not in (3, 4):
+        raise ValueError(f"pool_positions needs 3-D or 4-D feature maps, got {t.ndim}-D")
+    if max_positions is None:
+        return t
+    F = torch.nn.functional
+    if layout == "ncs":
+        if t.ndim == 4:
+            h, w = pooled_grid(t.shape[2], t.shape[3], max_positions)
+            return t if (h, w) == tuple(t.shape[2:]) else F.adaptive_avg_pool2d(t, (h, w))
+        return t if t.shape[2] <= max_positions else F.adaptive_avg_pool1d(t, max_positions)
+    if layout != "nsc":
+        raise ValueError(f"unknown layout {layout!r}; valid layouts are 'ncs' and 'nsc'")
+    if t.ndim == 4:
+        h, w = pooled_grid(t.shape[1], t.shape[2], max_positions)
+        if (h, w) == tuple(t.shape[1:3]):
+            return t
+        return F.adaptive_avg_pool2d(t.permute(0, 3, 1, 2), (h, w)).permute(0, 2, 3, 1)
+    if t.shape[1] <= max_positions:
+        return t
+    return F.adaptive_avg_pool1d(t.transpose(1, 2), max_positions).transpose(1, 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,12 +371,12 @@ def _solver_options(matching, options, rn=None, cn=None):
     return opts
 
 
-def perm_inv_semantic_sim(v_i, v_j, kernel="linear", matching="exact", return_permutation=False,
+def perm_inv_semantic_sim(v_i, v_j, kernel="linear", matching="auto", return_permutation=False,
                           sigma=None, **matching_options):
     """Permutation-invariant similarity of two samples ``v_i``, ``v_j`` ``[S, C]``.
 
     Solves ``perm = argmax_pi sum_s <v_i[s], v_j[pi(s)]>`` with ``matching`` (one of
-    ``matching.SOLVERS``) and applies ``kernel`` ("linear", "cosine", "rbf" or a list of them) to
+    ``matching.SOLVERS``, or "auto": ``matching.choose_solver(S)``) and applies ``kernel`` ("linear", "cosine", "rbf" or a list of them) to
     the aligned pair (formulas in the module docstring).
 
     Args:
@@ -350,19 +440,68 @@ def _pairs(N, M, symmetric):
     return I.astype(np.int64), J.astype(np.int64)
 
 
-def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic pairs"):
+def available_bytes(device):
+    """Free memory on ``device`` in bytes (CUDA: ``mem_get_info``; CPU: MemAvailable), or None."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+# bytes of affinities one block of the batched solver may hold: CPU (per worker thread), other
+# devices; both further limited to a quarter of the free memory
+_BLOCK_BYTES_CPU = 256 * 2**20
+_BLOCK_BYTES_DEVICE = 8 * 2**30
+
+
+def pairs_per_block(S, itemsize, device, workers=1, free=None):
+    """Pairs whose ``S x S`` affinities form one block of the batched solver on ``device``.
+
+    One block (``[B, S, S]`` affinities plus the solver's temporaries, about 1.5x) takes at most
+    ``min(cap, free / 4 / workers)`` bytes, ``cap`` = 256 MiB per worker thread on the CPU (larger
+    blocks only add rounds) and 8 GiB on other devices; ``free`` defaults to
+    :func:`available_bytes`. At least one pair.
+    """
+    device = torch.device(device)
+    cap = _BLOCK_BYTES_CPU if device.type == "cpu" else _BLOCK_BYTES_DEVICE
+    if free is None:
+        free = available_bytes(device)
+    budget = cap if free is None else min(cap, free // 4 // max(1, workers))
+    return int(max(1, budget // int(1.5 * S * S * itemsize)))
+
+
+def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic pairs",
+                 bar=None, stats=None, block_pairs=None):
     """Optimal-alignment inner products of every pair.
 
     Args:
         xs: ``[N, S, C]`` tensor; ys: ``[M, S, C]`` tensor or None (the symmetric N x N case).
+        matching: a solver name or "auto" (resolved with ``matching.choose_solver(S)``).
+        bar: an open tqdm bar to advance by the pairs done (then none is opened here).
+        stats: a dict that receives ``solver`` (the one used), ``pairs``, ``max_rel_gap`` (the
+            largest certified relative gap, 0 for exact), ``exact_fallback`` (batched pairs
+            that were not certified and were solved exactly) and ``seconds``.
+        block_pairs: pairs per block of the batched solver (default: :func:`pairs_per_block`).
 
     Returns:
         (ip float64 [N, M], squared Frobenius norms nx2 [N], ny2 [M]).
     """
+    t_start = time.perf_counter()
     symmetric = ys is None
     yt = xs if symmetric else ys
     N, S, C = xs.shape
     M = yt.shape[0]
+    if matching == "auto":
+        matching = choose_solver(S, xs.device)
     if yt.device != xs.device:
         yt = yt.to(xs.device)
     dt = torch.promote_types(xs.dtype, yt.dtype)
@@ -371,8 +510,9 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
     y64 = x64 if symmetric else yt.detach().cpu().double().numpy()
     nx2 = np.einsum("nsc,nsc->n", x64, x64)
     ny2 = nx2 if symmetric else np.einsum("nsc,nsc->n", y64, y64)
+    certified = matching in _CERTIFIED
     rn = cn = None
-    if matching == "batch_optimal":
+    if matching == "batch_optimal" or certified:
         rn = np.sqrt(np.einsum("nsc,nsc->ns", x64, x64))
         cn = rn if symmetric else np.sqrt(np.einsum("nsc,nsc->ns", y64, y64))
 
@@ -383,7 +523,11 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
     ip = np.zeros((N, M), dtype=np.float64)
     if symmetric:
         ip[np.diag_indices(N)] = nx2  # identity is optimal for a sample with itself
+    info = {"solver": matching, "pairs": int(P), "max_rel_gap": 0.0, "exact_fallback": 0,
+            "certified": matching in _CERTIFIED or matching == "exact"}
     if I_all.size == 0:
+        if stats is not None:
+            stats.update(info, seconds=time.perf_counter() - t_start)
         return ip, nx2, ny2
     if matching == "exact":
         check_exact_feasible(S, P, n_workers=n_workers)
@@ -391,28 +535,83 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
     itemsize = torch.empty((), dtype=dt).element_size()
     pair_bytes = S * S * itemsize
     on_cpu = xa.device.type == "cpu"
-    # CPU: every worker thread forms its own pairs' affinities (single-threaded torch.bmm) and
-    # solves them, so exactly `workers` threads compute and no BLAS pool competes with the
-    # solvers. Other devices: one bmm per chunk on the device, solved by the threads.
-    task = int(max(1, min(_TASK_PAIRS, _CHUNK_BYTES // (pair_bytes * workers))))
-    chunk = task if on_cpu else int(max(task, min(P, _CHUNK_BYTES // pair_bytes)))
+    if matching == "batched":
+        # blocks of pairs: on the CPU one per worker thread (each forms its own affinities with
+        # one single-threaded bmm); elsewhere one bmm and one batched solve per block on the
+        # device, one block at a time
+        bw = workers if on_cpu else 1
+        task = int(block_pairs or pairs_per_block(S, itemsize, xa.device, bw))
+        if on_cpu:  # spread the pairs over the threads even when few
+            task = max(1, min(task, -(-P // workers)))
+        chunk = task
+        workers = bw
+    elif matching == "auction":  # one problem per task: the NumPy auction is fastest alone
+        task = chunk = 1
+    else:
+        task = int(max(1, min(_TASK_PAIRS, _CHUNK_BYTES // (pair_bytes * workers))))
+        chunk = task if on_cpu else int(max(task, min(P, _CHUNK_BYTES // pair_bytes)))
+    if certified:
+        rel_tol = options.get("rel_tol", 1e-3)
+        # rounding of float32 (or lower) affinities: |A - A64|_ij <= gamma_C |x_i| |y_j|
+        u = torch.finfo(dt).eps if dt.is_floating_point else 0.0
+        gamma = C * u / max(1e-300, 1.0 - C * u)
+        rsum = rn.sum(axis=1)
+        cmax = cn.max(axis=1)
+        gaps = np.zeros(P)
+        fallback = np.zeros(P, dtype=bool)
 
-    def affinity(lo, hi):
+    def affinity(lo, hi, as_numpy=True):
         ii = torch.from_numpy(I[lo:hi]).to(xa.device)
         jj = torch.from_numpy(J[lo:hi]).to(xa.device)
-        return torch.bmm(xa[ii], ya[jj].transpose(1, 2)).cpu().numpy()
+        a = torch.bmm(xa[ii], ya[jj].transpose(1, 2))
+        return a.cpu().numpy() if as_numpy else a
 
     def solve(lo, hi, aff=None):
+        ii, jj = I[lo:hi], J[lo:hi]
+        if certified:
+            opts = {k: v for k, v in options.items() if k != "n_workers"}
+            # the solver aims a little tighter, so that the float64 check below (which adds the
+            # rounding of the affinities) rarely sends a pair to the exact fallback
+            opts["rel_tol"] = 0.8 * rel_tol
+            if matching == "batched":
+                if aff is None:
+                    aff = affinity(lo, hi, as_numpy=False)
+                res = batched_auction(aff, **opts)
+                perm = res.perm.cpu().numpy().astype(np.int64, copy=True)
+                bound = res.bound.cpu().numpy()
+                cert = res.certified.cpu().numpy()
+            else:
+                if aff is None:
+                    aff = affinity(lo, hi)
+                perm, obj, bound = solve_auction(np.asarray(aff, dtype=np.float64),
+                                                  return_bound=True, **opts)
+                cert = bound - obj <= rel_tol * np.abs(obj)
+            vals = np.einsum("bsc,bsc->b", x64[ii], y64[jj[:, None], perm])
+            # certificate of the float64 inner product: bound of the solver's affinity plus
+            # its rounding; re-solved exactly when it misses rel_tol
+            err = gamma * rsum[ii] * cmax[jj]
+            gap = bound + err - vals
+            bad = ~cert | (gap > rel_tol * np.abs(vals))
+            if bad.any():
+                a64 = np.einsum("bsc,btc->bst", x64[ii[bad]], y64[jj[bad]])
+                perm[bad] = solve_assignment(a64, "exact", n_workers=1)
+                vals[bad] = np.einsum("bsc,bsc->b", x64[ii[bad]],
+                                      y64[jj[bad][:, None], perm[bad]])
+                gap[bad] = 0.0
+            fallback[lo:hi] = bad
+            gaps[lo:hi] = np.maximum(gap, 0.0) / np.maximum(np.abs(vals), 1e-300)
+            return lo, hi, vals
         if aff is None:
             aff = affinity(lo, hi)
-        ii, jj = I[lo:hi], J[lo:hi]
         opts = _solver_options(matching, options,
                                None if rn is None else rn[ii], None if cn is None else cn[jj])
         perm = np.asarray(solve_assignment(aff, matching, **opts), dtype=np.int64)
         vals = np.einsum("bsc,bsc->b", x64[ii], y64[jj[:, None], perm])  # float64, aligned
         return lo, hi, vals
 
-    bar = tqdm(total=P, desc=desc, disable=not progress, leave=False)
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=P, desc=desc, disable=not progress, leave=False)
     pending = deque()
     max_pending = 4 * workers + 2 * max(1, chunk // task)
 
@@ -429,7 +628,7 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for c0 in range(0, P, chunk):
                 c1 = min(P, c0 + chunk)
-                aff = None if on_cpu else affinity(c0, c1)
+                aff = None if on_cpu else affinity(c0, c1, as_numpy=matching != "batched")
                 for t0 in range(c0, c1, task):
                     t1 = min(c1, t0 + task)
                     sub = None if aff is None else aff[t0 - c0:t1 - c0]
@@ -439,15 +638,22 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
     finally:
         if on_cpu:
             torch.set_num_threads(torch_threads)
-        bar.close()
+        if own_bar:
+            bar.close()
     fill_pairs(ip, I_all, J_all, mine)  # the other ranks' pairs (no-op in one process)
     if symmetric:
         ip = np.triu(ip) + np.triu(ip, 1).T
+    if certified and P:
+        info["max_rel_gap"] = float(gaps.max())
+        info["exact_fallback"] = int(fallback.sum())
+    if stats is not None:
+        stats.update(info, seconds=time.perf_counter() - t_start)
     return ip, nx2, ny2
 
 
-def semantic_sim_parallel(x, y=None, kernel="linear", matching="exact", n_workers=None,
-                          layout="ncs", progress=True, sigma=None, **matching_options):
+def semantic_sim_parallel(x, y=None, kernel="linear", matching="auto", n_workers=None,
+                          layout="ncs", progress=True, sigma=None, max_positions=None,
+                          progress_bar=None, stats=None, **matching_options):
     """Semantic (permutation-invariant) RSM between two sets of samples.
 
     Every pair's affinity ``A = V_i W_j^T`` is computed with batched ``torch.bmm`` over chunks of
@@ -464,13 +670,23 @@ def semantic_sim_parallel(x, y=None, kernel="linear", matching="exact", n_worker
             rsm.py and the registry) reads 4-D as "ncs" and 3-D as tokens. Torch tensor or NumPy array, finite.
         y: ``[M, ...]`` like ``x`` (same ``S`` and ``C``), or None for the symmetric ``N x N``
             RSM of ``x`` (upper triangle solved, diagonal by the identity, then mirrored).
-        kernel: "linear", "cosine", "rbf" or a list of them.
-        matching: solver name (``matching.SOLVERS``); ``**matching_options`` go to it (e.g.
-            ``k=`` for "batch_optimal").
+        kernel: "linear" (old name "ip"), "cosine", "rbf" or a list of them.
+        matching: "auto" (default: exact scipy for small S, the certified batched auction
+            above, by the calibrated cost model ``matching.choose_solver``) or a solver name
+            (``matching.SOLVERS``); ``**matching_options`` go to it (e.g. ``k=`` for
+            "batch_optimal", ``rel_tol=`` for "batched").
         n_workers: solver threads (default: the CPUs available to this process).
         layout: "ncs" (default), "nsc" or "auto" (above).
         progress: tqdm bar over pairs.
         sigma: RBF bandwidth; default the median heuristic over the whole RSM (module docstring).
+        max_positions: None (default, full resolution) or an int: average-pool each map to at
+            most that many positions first (:func:`pool_positions`; an approximation).
+        progress_bar: an open tqdm bar to advance by the pairs done instead of opening one (one
+            bar for many calls).
+        stats: a dict to receive how the matching went: ``solver``, ``pairs``, ``certified``
+            (True for exact and the auctions), ``max_rel_gap`` (largest certified relative gap
+            ``(bound - J) / |J|`` of any pair), ``exact_fallback`` (pairs re-solved exactly)
+            and ``seconds``.
 
     Returns:
         float64 NumPy ``[N, M]`` (``[N, N]`` when y is None), or a dict kernel -> matrix when
@@ -480,11 +696,18 @@ def semantic_sim_parallel(x, y=None, kernel="linear", matching="exact", n_worker
     _check_matching(matching)
     sigma = _check_sigma(sigma)
     workers = resolve_n_workers(n_workers)
+    max_positions = _check_max_positions(max_positions)
+    if max_positions is not None:
+        if layout not in LAYOUTS:
+            _as_nsc(x, "x", layout)  # raises the layout error
+        x = pool_positions(x, max_positions, layout)
+        y = None if y is None else pool_positions(y, max_positions, layout)
     xs = _as_nsc(x, "x", layout)
     ys = None if y is None else _as_nsc(y, "y", layout)
     if ys is not None:
         _check_pair(xs, ys)
-    ip, nx2, ny2 = _semantic_ip(xs, ys, matching, workers, progress, matching_options)
+    ip, nx2, ny2 = _semantic_ip(xs, ys, matching, workers, progress, matching_options,
+                                bar=progress_bar, stats=stats)
     out, _ = _kernels_from_ip(ip, nx2, ny2, kernels, ys is None, sigma)
     return out if was_list else out[kernels[0]]
 

@@ -34,12 +34,24 @@ Activation layouts (``layout="auto"``): 4-D ``(n, c, h, w)`` (and ``(n, c, d, h,
 trailing axis a position axis); 3-D ``(n, t, d)`` tokens (as in the original code);
 ``layout="ncs"`` reads 3-D as ``(n, c, s)``.
 
-With ``matching="exact"`` the first batch's layer shapes and the planned number of samples are
-checked against the solver's time estimate; a layer that would take hours stops the run before
-anything is collected, with the estimate and the approximate solvers to use instead.
+Plan before work. When the first batch arrives (before anything is collected or matched), the
+layer shapes and the planned number of samples give a plan: per layer ``S``, ``C``, the number of
+pair problems ``n (n - 1) / 2``, the solver (``matching="auto"``: ``matching.choose_solver``) and
+its estimated time (``matching.estimate_seconds``, calibrated by
+``benchmarks/calibrate_matching.py``), and the total. It is printed to stderr (when progress is
+on) and kept in ``measure.plan``; above ``max_minutes`` (default 60; None: no limit) the run stops
+with :class:`PlanTooLarge`, whose message holds the plan and concrete ways to shrink it (fewer
+samples, ``max_positions=``, fewer layers). All pairs of all layers then advance one progress bar
+with an ETA. Layers of either model whose activations are identical to an earlier layer's reuse
+its RSM; ``max_positions`` average-pools every map to at most that many positions first
+(:func:`~simtorch_semantic.functional.semantic.pool_positions`; an approximation, off by
+default).
 """
 from __future__ import annotations
 
+
+import math
+import sys
 
 import numpy as np
 import torch
@@ -47,16 +59,72 @@ from tqdm.auto import tqdm
 
 from ..functional.cka import cka_from_hsic
 from ..functional.hsic import hsic_all_pairs
-from ..functional.matching import SOLVERS, check_exact_feasible
+from ..functional.matching import MATCHINGS, _fmt_seconds, choose_solver, estimate_seconds
 from ..functional.semantic import (
     KERNELS,
+    _check_max_positions,
+    pool_positions,
+    pooled_grid,
     semantic_sim_parallel,
     similarity_calculation,
 )
 from ..distributed import pair_sharding
+from ..distributed import rank as dist_rank
 from .collect import CollectingSimilarity
 
-__all__ = ["SemanticCKA", "rsm_cka_matrix", "psd_clip"]
+__all__ = ["SemanticCKA", "rsm_cka_matrix", "psd_clip", "PlanTooLarge", "SemanticPlan"]
+
+
+class SemanticPlan:
+    """The work of a semantic CKA run, estimated before any matching.
+
+    Attributes:
+        rows: list of dicts, one per layer: ``model``, ``layer``, ``S`` (positions matched,
+            after ``max_positions``), ``C``, ``pairs`` (pair problems), ``solver`` ("exact",
+            "batched", "auction", ..., "baseline" for layers without positions, "reused" for
+            activations identical to an earlier layer's), ``seconds`` (estimate).
+        n: samples; max_positions, n_workers: as given.
+    """
+
+    def __init__(self, rows, n, max_positions=None, n_workers=None):
+        self.rows = rows
+        self.n = n
+        self.max_positions = max_positions
+        self.n_workers = n_workers
+
+    @property
+    def total_seconds(self) -> float:
+        return float(sum(r["seconds"] for r in self.rows))
+
+    @property
+    def total_pairs(self) -> int:
+        return int(sum(r["pairs"] for r in self.rows if r["solver"] not in ("baseline", "reused")))
+
+    def format(self) -> str:
+        """The plan as a text table with the total."""
+        head = f"{'layer':<28} {'S':>6} {'C':>5} {'pairs':>8}  {'solver':<9} {'estimate':>9}"
+        lines = [f"semantic CKA plan: {self.n} samples"
+                 + (f", max_positions={self.max_positions}" if self.max_positions else ""), head]
+        for r in self.rows:
+            name = f"{r['model']}.{r['layer']}"
+            lines.append(f"{name[:28]:<28} {r['S']:>6} {r['C']:>5} {r['pairs']:>8}  "
+                         f"{r['solver']:<9} {_fmt_seconds(r['seconds']):>9}")
+        lines.append(f"total: {self.total_pairs} pair problems, about "
+                     f"{_fmt_seconds(self.total_seconds)}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+class PlanTooLarge(ValueError):
+    """A semantic CKA plan above the time budget; ``plan`` holds it, ``suggestions`` the
+    largest ``n`` and ``max_positions`` that fit (None when nothing fits)."""
+
+    def __init__(self, message, plan, suggestions):
+        super().__init__(message)
+        self.plan = plan
+        self.suggestions = suggestions
 
 PSD_MODES = (None, "clip")
 
@@ -116,8 +184,19 @@ class SemanticCKA(CollectingSimilarity):
     kernel : {"rbf", "linear", "cosine"}  (``"ip"``, the old name of ``"linear"``, warns)
         Kernel of the aligned pair (RBF bandwidth: median heuristic over each layer's whole RSM).
     matching : str
-        Assignment solver (``functional.matching.SOLVERS``); ``**matching_options`` go to it
-        (e.g. ``k=`` for "batch_optimal").
+        "auto" (default: exact scipy for small S, a certified auction above, chosen per layer by
+        the calibrated cost model ``functional.matching.choose_solver``) or a solver of
+        ``functional.matching.SOLVERS``; ``**matching_options`` go to it (e.g. ``rel_tol=`` for
+        the certified auctions, ``k=`` for "batch_optimal").
+    max_minutes : float or None
+        Time budget of the matching (default 60): a plan estimated above it stops the run at the
+        first batch with :class:`PlanTooLarge` (module docstring). None: no limit.
+    max_positions : int, optional
+        Average-pool every feature map to at most this many positions before matching (an
+        approximation, see ``functional.semantic.pool_positions``). Default None: full
+        resolution.
+    print_plan : bool or None
+        Print the plan to stderr: None (default) when progress is on, True always, False never.
     baseline : bool
         Use the spatio-semantic baseline RSM (no permutation) instead.
     device : str or torch.device
@@ -142,10 +221,10 @@ class SemanticCKA(CollectingSimilarity):
     higher_is_similar = True
     memory_hint = "use fewer samples (max_batches=) or fewer layers"
 
-    def __init__(self, sim_model1, sim_model2, *, kernel="rbf", matching="exact", baseline=False,
+    def __init__(self, sim_model1, sim_model2, *, kernel="rbf", matching="auto", baseline=False,
                  device="cpu", n_workers=None, unbiased=False, psd=None, layout="auto",
                  store_device="cpu", max_memory=None, input_key=None, input_fn=None,
-                 **matching_options):
+                 max_minutes=60, max_positions=None, print_plan=None, **matching_options):
         if kernel == "ip":  # the old name of "linear"
             import warnings
 
@@ -155,9 +234,19 @@ class SemanticCKA(CollectingSimilarity):
         if kernel not in KERNELS:
             raise ValueError(f"SemanticCKA: unknown kernel {kernel!r}; valid kernels are "
                              f"{list(KERNELS)}")
-        if matching not in SOLVERS:
-            raise ValueError(f"SemanticCKA: unknown matching (solver) {matching!r}; valid solvers "
-                             f"are {list(SOLVERS)}")
+        if not isinstance(matching, str) or matching not in MATCHINGS:
+            raise ValueError(f"SemanticCKA: unknown matching (solver) {matching!r}; valid choices "
+                             f"are {list(MATCHINGS)}")
+        if max_minutes is not None and (isinstance(max_minutes, bool)
+                                        or not isinstance(max_minutes, (int, float, np.integer,
+                                                                        np.floating))
+                                        or not math.isfinite(max_minutes) or max_minutes <= 0):
+            raise ValueError(f"SemanticCKA: max_minutes must be a positive number of minutes or "
+                             f"None (no limit), got {max_minutes!r}")
+        try:
+            max_positions = _check_max_positions(max_positions)
+        except ValueError as exc:
+            raise ValueError(f"SemanticCKA: {exc}") from None
         if psd not in PSD_MODES:
             raise ValueError(f"SemanticCKA: psd must be None (RSM as given) or 'clip' (PSD "
                              f"projection), got {psd!r}")
@@ -176,12 +265,21 @@ class SemanticCKA(CollectingSimilarity):
         self.psd = psd
         self.layout = layout
         self.matching_options = dict(matching_options)
+        self.max_minutes = None if max_minutes is None else float(max_minutes)
+        self.max_positions = max_positions
+        if print_plan not in (None, True, False):
+            raise ValueError(f"SemanticCKA: print_plan must be None (when progress is on), True "
+                             f"or False, got {print_plan!r}")
+        self.print_plan = print_plan
+        self.plan = None
+        self.matching_stats = []
         super().__init__(sim_model1, sim_model2, device, store_device=store_device,
                          max_memory=max_memory, input_key=input_key, input_fn=input_fn)
 
     def _params(self) -> dict:
         p = {"kernel": self.kernel, "matching": self.matching, "baseline": self.baseline,
-             "unbiased": self.unbiased, "psd": self.psd, "layout": self.layout}
+             "unbiased": self.unbiased, "psd": self.psd, "layout": self.layout,
+             "max_positions": self.max_positions}
         p.update(self.matching_options)
         return p
 
@@ -194,28 +292,111 @@ class SemanticCKA(CollectingSimilarity):
         return None
 
     def _positions(self, act):
-        """Number of positions S of an activation ``[n, ...]`` (0 for flat outputs)."""
+        """Number of positions S matched for an activation ``[n, ...]`` (0 for flat outputs),
+        after ``max_positions`` pooling."""
         lay = self._layer_layout(act)
         if lay is None:
             return 0
-        return int(np.prod(act.shape[2:])) if lay == "ncs" else int(np.prod(act.shape[1:-1]))
+        shape = tuple(act.shape[2:]) if lay == "ncs" else tuple(act.shape[1:-1])
+        S = int(np.prod(shape))
+        mp = self.max_positions
+        if mp is None or S <= mp:
+            return S
+        if len(shape) >= 2:
+            h, w = pooled_grid(int(np.prod(shape[:-1])) if len(shape) > 2 else shape[0],
+                               shape[-1], mp)
+            return h * w
+        return mp
+
+    def _channels(self, act):
+        lay = self._layer_layout(act)
+        if lay is None:
+            return int(np.prod(act.shape[1:]))
+        return int(act.shape[1]) if lay == "ncs" else int(act.shape[-1])
+
+    def _solver_for(self, S):
+        return choose_solver(S, self.store_device) if self.matching == "auto" else self.matching
+
+    def _estimate(self, solver, S, pairs):
+        try:
+            return estimate_seconds(solver, S, pairs, n_workers=self.n_workers)
+        except ValueError:  # solvers without a cost model (batch_optimal, greedy): <= auction
+            return estimate_seconds("auction", S, pairs, n_workers=self.n_workers)
+
+    def make_plan(self, feats1, feats2, n):
+        """:class:`SemanticPlan` for ``n`` samples from one batch of each model's activations."""
+        rows = []
+        seen = []
+        for model, feats in ((self.sim_model1, feats1), (self.sim_model2, feats2)):
+            for layer in model.layers:
+                if layer not in feats:
+                    continue
+                act = feats[layer]
+                S, C = self._positions(act), self._channels(act)
+                pairs = n * (n - 1) // 2
+                if any(a.shape == act.shape and torch.equal(a, act) for a in seen):
+                    solver, sec = "reused", 0.0
+                elif S <= 1 or self.baseline:
+                    solver, sec = "baseline", 0.0
+                else:
+                    solver = self._solver_for(S)
+                    sec = self._estimate(solver, S, pairs)
+                seen.append(act)
+                rows.append({"model": model.model_name, "layer": layer, "S": max(S, 1), "C": C,
+                             "pairs": pairs, "solver": solver, "seconds": float(sec)})
+        return SemanticPlan(rows, n, self.max_positions, self.n_workers)
+
+    def _suggestions(self, plan, budget):
+        """Largest n and max_positions whose plan fits ``budget`` seconds (None if none)."""
+        def total(n, mp):
+            t = 0.0
+            for r in plan.rows:
+                if r["solver"] in ("baseline", "reused"):
+                    continue
+                S = r["S"] if mp is None else min(r["S"], mp)
+                t += self._estimate(self._solver_for(S), S, n * (n - 1) // 2)
+            return t
+        best_n = None
+        for n in range(plan.n - 1, 3, -1):
+            if total(n, self.max_positions) <= budget:
+                best_n = n
+                break
+        best_mp = None
+        for mp in (4096, 3136, 2304, 1600, 1024, 784, 576, 400, 256, 196, 144, 100, 64, 49, 36,
+                   25, 16, 9, 4):
+            if (self.max_positions is None or mp < self.max_positions) \
+                    and total(plan.n, mp) <= budget:
+                best_mp = mp
+                break
+        return {"n": best_n, "max_positions": best_mp}
 
     def _update_state(self, feats1, feats2, batch) -> None:
-        if self._store1.n_samples == 0 and self.matching == "exact" and not self.baseline:
-            # refuse hours of exact matching before collecting anything
+        if self._store1.n_samples == 0 and not self.baseline:
+            # plan before work: estimate every layer's matching from the first batch
             n = max(self._planned_samples or 0, next(iter(feats1.values())).shape[0])
-            for model, feats in ((self.sim_model1, feats1), (self.sim_model2, feats2)):
-                for layer, act in feats.items():
-                    S = self._positions(act)
-                    if S > 1:
-                        try:
-                            check_exact_feasible(S, n * (n - 1) // 2, n_workers=self.n_workers)
-                        except ValueError as exc:
-                            raise ValueError(f"SemanticCKA, layer {model.model_name}.{layer}: "
-                                             f"{exc}") from None
+            self.plan = self.make_plan(feats1, feats2, n)
+            if (self.print_plan or (self.print_plan is None and self._progress)) \
+                    and dist_rank() == 0:
+                print(self.plan.format(), file=sys.stderr, flush=True)
+            budget = None if self.max_minutes is None else 60.0 * self.max_minutes
+            if budget is not None and self.plan.total_seconds > budget:
+                sug = self._suggestions(self.plan, budget)
+                ways = []
+                if sug["n"]:
+                    ways.append(f"fewer samples (n <= {sug['n']}, e.g. max_batches=)")
+                if sug["max_positions"]:
+                    ways.append(f"max_positions={sug['max_positions']} (average-pools the maps; "
+                                "an approximation)")
+                ways.append("fewer or coarser layers (layers_to_include=)")
+                ways.append(f"or a larger max_minutes (now {self.max_minutes:g})")
+                raise PlanTooLarge(
+                    f"SemanticCKA: the matching would take about "
+                    f"{_fmt_seconds(self.plan.total_seconds)}, above max_minutes="
+                    f"{self.max_minutes:g}; shrink it with " + "; ".join(ways)
+                    + ".\n" + self.plan.format(), self.plan, sug)
         super()._update_state(feats1, feats2, batch)
 
-    def _rsm(self, model_name, layer, act):
+    def _rsm(self, model_name, layer, act, bar=None):
         """The N x N RSM of one layer's activations ``act [N, ...]`` (float64 NumPy)."""
         lay = self._layer_layout(act)
         if act.ndim > 4:  # (n, c, d, h, w, ...): every trailing axis is a position axis
@@ -227,7 +408,9 @@ class SemanticCKA(CollectingSimilarity):
                     f"{model_name}.{layer}: output {tuple(act.shape[1:])} has no spatial extent; "
                     "baseline RSM used (no permutation)")
             return similarity_calculation(flat[:, :, None], kernel=self.kernel)
-        S = self._positions(act)
+        if self.max_positions is not None:
+            act = pool_positions(act, self.max_positions, lay)
+        S = int(np.prod(act.shape[2:])) if lay == "ncs" else int(np.prod(act.shape[1:-1]))
         if self.baseline:
             return similarity_calculation(act, kernel=self.kernel, layout=lay)
         if S == 1:
@@ -235,24 +418,29 @@ class SemanticCKA(CollectingSimilarity):
                 f"{model_name}.{layer}: a single position (S = 1); baseline RSM used (identical "
                 "to the semantic one)")
             return similarity_calculation(act, kernel=self.kernel, layout=lay)
-        return semantic_sim_parallel(act, kernel=self.kernel, matching=self.matching,
-                                     n_workers=self.n_workers, layout=lay,
-                                     progress=self._progress, **self.matching_options)
+        stats = {}
+        K = semantic_sim_parallel(act, kernel=self.kernel, matching=self.matching,
+                                  n_workers=self.n_workers, layout=lay,
+                                  progress=self._progress and bar is None, progress_bar=bar,
+                                  stats=stats, **self.matching_options)
+        if stats:
+            self.matching_stats.append({"model": model_name, "layer": layer, **stats})
+        return K
 
-    def _rsms(self, acts, model, reuse=None):
-        """RSMs of ``model``'s layers in order; ``reuse`` maps (layer, activation) -> RSM already
-        built for identical activations (a model compared with itself or with a copy)."""
+    def _rsms(self, acts, model, built, bar=None):
+        """RSMs of ``model``'s layers in order. ``built`` is a list of (activation, RSM) already
+        made (either model): identical activations reuse their RSM, and new ones are added."""
         out = []
-        items = [(layer, acts[layer]) for layer in model.layers if layer in acts]
-        for layer, act in tqdm(items, desc=f"RSMs {model.model_name}", unit="layer",
-                               disable=not self._progress or len(items) < 2, leave=False):
+        for layer in [l for l in model.layers if l in acts]:
+            act = acts[layer]
             K = None
-            for other_act, other_K in (reuse or {}).get(layer, []):
+            for other_act, other_K in built:
                 if other_act.shape == act.shape and torch.equal(other_act, act):
                     K = other_K
                     break
             if K is None:
-                K = self._rsm(model.model_name, layer, act)
+                K = self._rsm(model.model_name, layer, act, bar=bar)
+                built.append((act, K))
                 if self.psd is None and not self.baseline:
                     lo, hi = _negative_part(K)
                     if lo < -1e-6 * hi:
@@ -272,12 +460,36 @@ class SemanticCKA(CollectingSimilarity):
         if n < need:
             raise ValueError(f"SemanticCKA needs at least {need} samples "
                              f"({'unbiased' if self.unbiased else 'biased'} HSIC), got {n}")
-        with pair_sharding(self._many):  # under torch.distributed each rank solves its share
-            Ks = self._rsms(acts1, self.sim_model1)
-            built = {}
-            for layer, K in zip([l for l in self.sim_model1.layers if l in acts1], Ks):
-                built.setdefault(layer, []).append((acts1[layer], K))
-            Ls = self._rsms(acts2, self.sim_model2, reuse=built)  # identical layers are not redone
+        self.matching_stats = []
+        built = []
+        bar = None
+        if not self.baseline:
+            if self.plan is None or self.plan.n != n:  # update() called by hand: plan now
+                self.plan = self.make_plan(acts1, acts2, n)
+            total = self.plan.total_pairs
+            bar = tqdm(total=total, desc="semantic pairs (all layers)", unit="pair",
+                       disable=not self._progress or total == 0, leave=False, smoothing=0.05)
+        try:
+            with pair_sharding(self._many):  # under torch.distributed each rank solves its share
+                Ks = self._rsms(acts1, self.sim_model1, built, bar)
+                Ls = self._rsms(acts2, self.sim_model2, built, bar)  # identical layers not redone
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.matching_stats:
+            done = [st for st in self.matching_stats if st["pairs"]]
+            if done:
+                gap = max(st["max_rel_gap"] for st in done)
+                fb = sum(st["exact_fallback"] for st in done)
+                solvers = sorted({st["solver"] for st in done})
+                head = (f"matching: {sum(st['pairs'] for st in done)} pair problems in "
+                        f"{sum(st['seconds'] for st in done):.1f} s ({', '.join(solvers)})")
+                if all(st["certified"] for st in done):
+                    self._notes.append(
+                        f"{head}; every one certified within {gap:.2e} of its optimum "
+                        "(relative)" + (f", {fb} of them by the exact fallback" if fb else ""))
+                else:
+                    self._notes.append(f"{head}; not certified (an approximate solver)")
         M = rsm_cka_matrix(Ks, Ls, unbiased=self.unbiased, psd=self.psd, device=self.device)
         bad1 = np.where(np.all(np.isnan(M), axis=1))[0]
         bad2 = np.where(np.all(np.isnan(M), axis=0))[0]
