@@ -519,7 +519,7 @@ def _compare(args) -> int:
 def _plan_refusal(err, args) -> str:
     """The refusal of a semantic CKA plan above --max-minutes, with the CLI's ways to shrink it
     (the plan table itself was already printed)."""
-    from .functional.matching import _fmt_seconds
+    from .functional.matching import format_seconds as _fmt_seconds
     plan, sug = err.plan, err.suggestions
     ways = []
     if sug.get("n"):

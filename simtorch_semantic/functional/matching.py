@@ -97,6 +97,7 @@ __all__ = [
     "estimate_exact_seconds",
     "resolve_n_workers",
     "solve_auction",
+    "format_seconds",
     "check_exact_feasible",
 ]
 
@@ -977,3 +978,7 @@ def check_exact_feasible(S, n_pairs, max_seconds=3600.0, n_workers=None):
             "guarantee), or fewer samples, or a coarser layer (smaller S)"
         )
     return est
+
+
+#: the public names of helpers other modules use
+format_seconds = _fmt_seconds

@@ -743,3 +743,7 @@ def similarity_calculation(x, y=None, kernel="linear", layout="ncs", sigma=None)
         ip[np.diag_indices_from(ip)] = nx2
     out, _ = _kernels_from_ip(ip, nx2, ny2, kernels, ys is None, sigma)
     return out if was_list else out[kernels[0]]
+
+
+#: the public name of the max_positions check (used by SemanticCKA)
+check_max_positions = _check_max_positions

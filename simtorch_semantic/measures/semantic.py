@@ -59,10 +59,11 @@ from tqdm.auto import tqdm
 
 from ..functional.cka import cka_from_hsic
 from ..functional.hsic import hsic_all_pairs
-from ..functional.matching import MATCHINGS, _fmt_seconds, choose_solver, estimate_seconds
+from ..functional.matching import MATCHINGS, choose_solver, estimate_seconds
+from ..functional.matching import format_seconds as _fmt_seconds
 from ..functional.semantic import (
     KERNELS,
-    _check_max_positions,
+    check_max_positions as _check_max_positions,
     pool_positions,
     pooled_grid,
     semantic_sim_parallel,
