@@ -17,7 +17,7 @@ from .images import default_dataset, load_images
 from .measures import (CCA, CKA, RSA, BaseSimilarity, CollectingSimilarity, DeltaCKA, LayerSimilarity, Procrustes,
                        SemanticCKA)
 from .model import SimilarityModel, default_layers
-from .plotting import plot_rdm, plot_rdm_comparison, plot_similarity_matrix
+from .plotting import plot_corresponding_layers, plot_rdm, plot_rdm_comparison, plot_similarity_matrix
 from .results import SimilarityResult
 from .rsm import get_or_calculate_baseline_RSM, get_or_calculate_RSM
 
@@ -28,7 +28,7 @@ __all__ = [
     "SimilarityResult",
     "perm_inv_semantic_sim", "semantic_sim_parallel", "similarity_calculation",
     "get_or_calculate_RSM", "get_or_calculate_baseline_RSM",
-    "plot_similarity_matrix", "plot_rdm", "plot_rdm_comparison",
+    "plot_similarity_matrix", "plot_rdm", "plot_rdm_comparison", "plot_corresponding_layers",
     "default_dataset", "load_images",
     "SimilarityOverlay",
 ]

@@ -176,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--seed", type=int, default=0,
                       help="seed of the random weights and of the augmentations (default: 0)")
     cmp_.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    cmp_.add_argument("--bootstrap", type=_positive_int(0), default=0, metavar="N",
+                      help="bootstrap resamples for a confidence interval of every cell (default: "
+                      "0, none; e.g. 1000); see docs/inference.md for what is resampled")
+    cmp_.add_argument("--permutations", type=_positive_int(0), default=0, metavar="N",
+                      help="permutations for the p-value, family-wise adjusted p-value and "
+                      "calibrated score of every cell (default: 0, none; e.g. 1000); "
+                      "non-significant cells are hatched in the PNG, and <stem>_cells.csv lists "
+                      "every cell with its interval and p-values")
     return parser
 
 
@@ -407,6 +415,12 @@ def _compare(args) -> int:
                for key, value in fixed.items()}
     for key, value in _parse_options(args.option):
         options[key] = value
+    if args.bootstrap == 1:
+        raise CLIError("--bootstrap 1: an interval needs at least 2 resamples; use e.g. "
+                       "--bootstrap 1000 (or 0 for none)")
+    if args.bootstrap or args.permutations:  # inference, seeded like the rest of the run
+        options.update(n_bootstrap=args.bootstrap, n_permutations=args.permutations,
+                       seed=args.seed)
     if cls_name == "SemanticCKA":  # plan before work: printed, and held to --max-minutes
         if not args.max_minutes > 0:
             raise CLIError(f"--max-minutes must be a positive number, got {args.max_minutes:g}")
@@ -511,6 +525,10 @@ def _compare(args) -> int:
     rows, cols = result.matrix.shape
     print(f"{args.measure}: {name_a} ({rows} layers) x {name_b} ({cols} layers) over "
           f"{result.n_samples} samples")
+    if result.p_value_adjusted is not None:
+        significant = int(result.significant(0.05).sum())
+        print(f"{significant} of {rows * cols} cells significant at family-wise p < 0.05 "
+              f"({args.permutations} permutations)")
     for path in written:
         print(f"wrote {path}")
     return 0

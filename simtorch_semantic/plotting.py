@@ -191,3 +191,94 @@ def plot_rdm_comparison(A, B, ax=None, method="pearson", center=False, names=("R
         ax.set_ylabel(f"{names[1]} ({which})")
         ax.set_title(f"{title + ': ' if title else ''}{method} = {value:.3f}")
     return ax
+
+
+# --------------------------------------------------------------------------- inference (issue 11)
+__all__ += ["hatch_cells", "plot_corresponding_layers"]
+
+
+def hatch_cells(ax, mask, hatch="///", color="0.6", label=None):
+    """Hatch the cells of a heatmap drawn by :func:`plot_similarity_matrix` where ``mask`` is True.
+
+    ``mask [L1, L2]`` bool in the matrix's orientation (row 0 = model 1's first layer, drawn at
+    the bottom). Used for cells whose permutation p-value is not significant. ``label`` goes in
+    a small legend entry. Returns the Axes.
+    """
+    from matplotlib.patches import Patch, Rectangle
+
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be a 2-D boolean array shaped like the matrix, got shape {mask.shape}")
+    rows = mask.shape[0]
+    for i, j in zip(*np.nonzero(mask)):
+        ax.add_patch(Rectangle((j, rows - 1 - i), 1, 1, fill=False, hatch=hatch, edgecolor=color,
+                               linewidth=0.0))
+    if label and mask.any():
+        ax.legend(handles=[Patch(facecolor="none", edgecolor=color, hatch=hatch, label=label)],
+                  loc="upper left", bbox_to_anchor=(0.0, -0.02), fontsize=7, frameon=False,
+                  handlelength=1.5, borderaxespad=2.5)
+    return ax
+
+
+def _corresponding_pairs(n_rows: int, n_cols: int, matrix: np.ndarray, pairs: str, higher: bool):
+    if pairs == "depth":  # the column at the same relative depth (the diagonal when square)
+        cols = np.rint(np.arange(n_rows) * (n_cols - 1) / max(n_rows - 1, 1)).astype(int)
+        return cols if n_rows > 1 else np.zeros(1, dtype=int)
+    if pairs == "best":
+        filled = np.where(np.isnan(matrix), -np.inf if higher else np.inf, matrix)
+        return filled.argmax(axis=1) if higher else filled.argmin(axis=1)
+    raise ValueError(f"pairs must be 'depth' or 'best', got {pairs!r}")
+
+
+def plot_corresponding_layers(result, pairs="depth", values="value", ax=None, alpha=0.05,
+                              title=None, color="C0"):
+    """Line plot of the score of corresponding layers along model 1's depth, with CI bands.
+
+    For every layer ``i`` of model 1 the corresponding layer of model 2 is the one at the same
+    relative depth (``pairs="depth"``: the diagonal when both models have as many layers) or the
+    best-matching one (``pairs="best"``, argmax of the row; argmin for distances). ``values``
+    picks what is drawn: ``"value"`` (the matrix) or ``"calibrated"``. A shaded band shows the
+    bootstrap interval when the result has one (for ``"value"``); points whose (adjusted)
+    p-value is >= ``alpha`` are drawn hollow. Global matplotlib style is untouched; returns the
+    Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    if values not in ("value", "calibrated"):
+        raise ValueError(f"values must be 'value' or 'calibrated', got {values!r}")
+    matrix = np.asarray(result.matrix, dtype=np.float64)
+    shown = matrix if values == "value" else result.calibrated
+    if shown is None:
+        raise ValueError("values='calibrated' needs a result computed with n_permutations > 0")
+    n_rows, n_cols = matrix.shape
+    cols = _corresponding_pairs(n_rows, n_cols, matrix, pairs, result.higher_is_similar)
+    rows = np.arange(n_rows)
+    y = shown[rows, cols]
+    with plt.rc_context({"axes.titlesize": 11, "axes.labelsize": 10}):
+        if ax is None:
+            _, ax = plt.subplots(figsize=(min(4.0 + 0.3 * n_rows, 14.0), 3.5))
+        if values == "value" and result.ci_low is not None and result.ci_high is not None:
+            ax.fill_between(rows, result.ci_low[rows, cols], result.ci_high[rows, cols], color=color,
+                            alpha=0.25, linewidth=0, label="bootstrap interval")
+        ax.plot(rows, y, color=color, linewidth=1.2, label=values)
+        p = result.p_value_adjusted if result.p_value_adjusted is not None else result.p_value
+        if p is not None:
+            with np.errstate(invalid="ignore"):
+                sig = p[rows, cols] < alpha
+            ax.scatter(rows[sig], y[sig], color=color, s=18, zorder=3, label=f"p < {alpha:g}")
+            ax.scatter(rows[~sig], y[~sig], facecolors="white", edgecolors=color, s=18, zorder=3,
+                       label=f"p >= {alpha:g}")
+        else:
+            ax.scatter(rows, y, color=color, s=12, zorder=3)
+        labels = [f"{result.row_layers[i]} / {result.col_layers[j]}" for i, j in zip(rows, cols)]
+        ax.set_xticks(rows)
+        ax.set_xticklabels(labels, rotation=90, fontsize=7)
+        ax.set_xlabel(f"{result.model1_name} layer / corresponding {result.model2_name} layer")
+        ax.set_ylabel(result.measure if values == "value" else f"calibrated {result.measure}")
+        if values == "calibrated":
+            ax.axhline(0.0, color="0.5", linewidth=0.8, linestyle="--")
+        ax.legend(fontsize=7, frameon=False)
+        ax.set_title(title or f"{result.measure}: corresponding layers "
+                              f"({'same relative depth' if pairs == 'depth' else 'best match'})")
+        ax.figure.tight_layout()
+    return ax

@@ -20,9 +20,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SimilarityResult", "atomic_write_bytes"]
+__all__ = ["SimilarityResult", "atomic_write_bytes", "INFERENCE_FIELDS"]
 
 _FORMAT_VERSION = 1
+
+#: per-cell inference arrays a result may carry (see docs/inference.md), each shaped like the
+#: matrix or None when not computed
+INFERENCE_FIELDS = ("ci_low", "ci_high", "p_value", "p_value_adjusted", "null_mean", "calibrated")
 
 
 def _umask() -> int:
@@ -100,6 +104,15 @@ class SimilarityResult:
         False for distances (Procrustes disparity, angular distances).
     notes : list of str
         Remarks about individual layers (fallbacks, constant activations, ...).
+    ci_low, ci_high : np.ndarray or None
+        Bootstrap confidence interval of every cell (``n_bootstrap > 0``); the level and method
+        are in ``params["inference"]``.
+    p_value, p_value_adjusted : np.ndarray or None
+        Permutation p-value of every cell (``n_permutations > 0``) and the family-wise adjusted
+        one over the whole matrix (Westfall-Young max-T).
+    null_mean, calibrated : np.ndarray or None
+        Mean of each cell's permutation null, and the score relative to it (0 at chance, 1 for
+        a perfect match; see :func:`~simtorch_semantic.functional.inference.calibrated_scores`).
     """
 
     matrix: np.ndarray
@@ -112,6 +125,12 @@ class SimilarityResult:
     n_samples: int = 0
     higher_is_similar: bool = True
     notes: list = field(default_factory=list)
+    ci_low: np.ndarray | None = None
+    ci_high: np.ndarray | None = None
+    p_value: np.ndarray | None = None
+    p_value_adjusted: np.ndarray | None = None
+    null_mean: np.ndarray | None = None
+    calibrated: np.ndarray | None = None
 
     def __post_init__(self):
         self.matrix = np.asarray(self.matrix, dtype=np.float64)
@@ -126,6 +145,29 @@ class SimilarityResult:
             )
         self.params = dict(self.params)
         self.notes = list(self.notes)
+        for name in INFERENCE_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = np.asarray(value, dtype=np.float64)
+            if value.shape != self.matrix.shape:
+                raise ValueError(f"{name} has shape {value.shape} but the matrix is "
+                                 f"{self.matrix.shape}; pass an array shaped like the matrix or None")
+            setattr(self, name, value)
+
+    def inference_arrays(self) -> dict:
+        """The inference arrays that were computed, ``{name: [L1, L2] float64}``."""
+        return {name: getattr(self, name) for name in INFERENCE_FIELDS if getattr(self, name) is not None}
+
+    def significant(self, alpha: float = 0.05, adjusted: bool = True) -> np.ndarray:
+        """Boolean ``[L1, L2]``: cells whose (family-wise adjusted, by default) permutation
+        p-value is below ``alpha``. Needs a result computed with ``n_permutations > 0``."""
+        p = self.p_value_adjusted if adjusted else self.p_value
+        if p is None:
+            raise ValueError("this result has no p-values: compute it with n_permutations > 0 "
+                             "(e.g. CKA(m1, m2, n_permutations=1000))")
+        with np.errstate(invalid="ignore"):
+            return p < alpha
 
     # ------------------------------------------------------------------ views
     def __array__(self, dtype=None, copy=None):
@@ -151,10 +193,24 @@ class SimilarityResult:
         except ValueError:
             raise KeyError(f"{kind} layer {name!r} not in this result; {kind} layers: {names}") from None
 
-    def to_dataframe(self):
-        """The matrix as a pandas DataFrame (index: model 1 layers, columns: model 2 layers)."""
+    def to_dataframe(self, long: bool = False):
+        """The matrix as a pandas DataFrame (index: model 1 layers, columns: model 2 layers).
+
+        ``long=True``: one row per cell with columns ``row_layer``, ``col_layer``, ``value`` and
+        the inference columns ``ci_low``, ``ci_high``, ``p_value``, ``p_value_adjusted``,
+        ``null_mean``, ``calibrated`` (NaN where not computed).
+        """
         import pandas as pd
 
+        if long:
+            rows, cols = self.matrix.shape
+            data = {"row_layer": np.repeat(self.row_layers, cols),
+                    "col_layer": np.tile(self.col_layers, rows),
+                    "value": self.matrix.ravel()}
+            for name in INFERENCE_FIELDS:
+                value = getattr(self, name)
+                data[name] = np.full(rows * cols, np.nan) if value is None else value.ravel()
+            return pd.DataFrame(data)
         frame = pd.DataFrame(self.matrix, index=self.row_layers, columns=self.col_layers)
         frame.index.name = self.model1_name
         frame.columns.name = self.model2_name
@@ -193,7 +249,8 @@ class SimilarityResult:
         suffix = path.suffix.lower()
         if suffix == ".npz":
             buffer = io.BytesIO()
-            np.savez(buffer, matrix=self.matrix, metadata=np.array(json.dumps(self.metadata())))
+            np.savez(buffer, matrix=self.matrix, metadata=np.array(json.dumps(self.metadata())),
+                     **self.inference_arrays())
             atomic_write_bytes(path, buffer.getvalue())
             return [path]
         if suffix in (".csv", ".json"):
@@ -206,8 +263,18 @@ class SimilarityResult:
             atomic_write_bytes(csv_path, text.getvalue().encode("utf-8"))
             meta = self.metadata()
             meta["matrix"] = _matrix_to_json(self.matrix)
+            for name, value in self.inference_arrays().items():
+                meta[name] = _matrix_to_json(value)
             atomic_write_bytes(json_path, json.dumps(meta, indent=2).encode("utf-8"))
-            return [csv_path, json_path]
+            written = [csv_path, json_path]
+            if self.inference_arrays():  # one row per cell with the intervals and p-values
+                cells_path = path.with_name(path.stem + "_cells.csv")
+                text = io.StringIO()
+                self.to_dataframe(long=True).to_csv(text, index=False, lineterminator="\n",
+                                                    float_format=repr)
+                atomic_write_bytes(cells_path, text.getvalue().encode("utf-8"))
+                written.append(cells_path)
+            return written
         raise ValueError(f"path must end in .npz, .csv or .json, got {str(path)!r}")
 
     @classmethod
@@ -221,6 +288,7 @@ class SimilarityResult:
                     raise ValueError(f"{path} is not a SimilarityResult file (keys: {list(data.keys())})")
                 matrix = data["matrix"]
                 meta = json.loads(str(data["metadata"]))
+                arrays = {name: data[name] for name in INFERENCE_FIELDS if name in data}
         elif suffix in (".csv", ".json"):
             json_path = path.with_suffix(".json")
             if not json_path.exists():
@@ -231,26 +299,37 @@ class SimilarityResult:
             if "matrix" not in meta:
                 raise ValueError(f"{json_path} is not a SimilarityResult file (no 'matrix' key)")
             matrix = _matrix_from_json(meta.pop("matrix"))
+            arrays = {name: _matrix_from_json(meta.pop(name)) for name in INFERENCE_FIELDS
+                      if name in meta}
         else:
             raise ValueError(f"path must end in .npz, .csv or .json, got {str(path)!r}")
         meta.pop("format_version", None)
-        return cls(matrix=matrix, **meta)
+        return cls(matrix=matrix, **meta, **arrays)
 
     # ------------------------------------------------------------------ plots
     def plot(self, title=None, xlabel=None, ylabel=None, cmap="magma", ax=None, annot=None,
-             vmin=None, vmax=None, save_path=None):
+             vmin=None, vmax=None, save_path=None, significance="hatch", alpha=0.05):
         """Heatmap of the matrix with layer names on the axes; returns the matplotlib Axes.
 
         Rows (y axis) are model 1's layers, columns (x axis) model 2's. ``vmin``/``vmax``
         default to [0, 1] for CKA-like measures. With ``save_path`` the figure is saved as well.
+        When the result has p-values, cells that are not significant at ``alpha`` (family-wise
+        adjusted p-value when present) are hatched (``significance="hatch"``), left blank
+        (``"mask"``) or drawn like the others (``None``).
         """
+        if significance not in ("hatch", "mask", None):
+            raise ValueError(f"significance must be 'hatch', 'mask' or None, got {significance!r}")
+        p = self.p_value_adjusted if self.p_value_adjusted is not None else self.p_value
+        with np.errstate(invalid="ignore"):
+            weak = None if p is None or significance is None else ~(p < alpha)
         from .plotting import plot_similarity_matrix
 
         if title is None:
             title = f"{self.measure}: {self.model1_name} vs {self.model2_name}"
         bounded = self.measure in {"cka", "rbf_cka", "dcka", "semantic_cka", "cca"}
         ax = plot_similarity_matrix(
-            self.matrix, self.row_layers, self.col_layers, title=title,
+            np.where(weak, np.nan, self.matrix) if significance == "mask" and weak is not None
+            else self.matrix, self.row_layers, self.col_layers, title=title,
             xlabel=xlabel if xlabel is not None else self.model2_name,
             ylabel=ylabel if ylabel is not None else self.model1_name,
             cmap=cmap, ax=ax, annot=annot,
@@ -258,6 +337,10 @@ class SimilarityResult:
             vmax=vmax if vmax is not None else (1.0 if bounded else None),
             cbar_label=self.measure if self.higher_is_similar else f"{self.measure} (distance)",
         )
+        if significance == "hatch" and weak is not None:
+            from .plotting import hatch_cells
+
+            hatch_cells(ax, weak, label=f"p >= {alpha:g}" + (" (adjusted)" if p is self.p_value_adjusted else ""))
         if save_path is not None:
             ax.figure.savefig(save_path, dpi=150, bbox_inches="tight")
         return ax

@@ -346,3 +346,32 @@ def test_python_dash_m_offline_weights_exit_code(tmp_path):
     assert "--weights none" in lines[0]
     assert "wrote" not in proc.stdout          # (torch.hub may print "Downloading: ...")
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------ inference (issue 11)
+def test_bootstrap_and_permutations_reach_the_result(tmp_path, capsys):
+    out = tmp_path / "inf"
+    assert main(["compare", "resnet18", "resnet18", "--layers-a", "layer3.?,fc", "--layers-b",
+                 "layer4.?", "--n", "16", "--image-size", "32", "--batch-size", "4",
+                 "--bootstrap", "20", "--permutations", "19", "--no-progress",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "cells significant at family-wise p < 0.05 (19 permutations)" in printed
+    result = SimilarityResult.load(out / "resnet18_vs_resnet18_cka.json")
+    assert result.ci_low.shape == result.p_value_adjusted.shape == (3, 2)
+    assert result.params["inference"]["n_bootstrap"] == 20
+    assert result.params["inference"]["seed"] == 0               # --seed also seeds the resampling
+    assert (out / "resnet18_vs_resnet18_cka_cells.csv").exists()
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--bootstrap", "-1"], "argument --bootstrap: must be >= 0"),
+    (["--bootstrap", "1"], "--bootstrap 1: an interval needs at least 2 resamples"),
+    (["--permutations", "x"], "argument --permutations: expected an integer"),
+    (["--measure", "dcka", "--permutations", "10"], "not implemented for dCKA yet"),
+])
+def test_bad_inference_arguments(argv, match, tmp_path, capsys):
+    assert main(["compare", "resnet18", "resnet18", "--n", "8", "--image-size", "32",
+                 "--batch-size", "8", "--no-progress", "--out", str(tmp_path / "o"), *argv]) == 2
+    import re
+    assert re.search(match, _one_line_error(capsys))

@@ -30,8 +30,12 @@ from simtorch_semantic.functional import semantic as fsemantic
 from simtorch_semantic.rsm import get_or_calculate_RSM
 
 N, BATCH = 52, 8          # 7 batches: 6 of 8 and one of 4 (uneven shards on 2 and 3 ranks)
-STREAMING = ("cka", "rbf_cka", "dcka", "dcka_label", "batch_xy")
-GATHERING = ("full_cka", "full_dcka", "rsa", "procrustes", "semantic", "rsm", "cache_files")
+STREAMING = ("cka", "rbf_cka", "dcka", "dcka_label", "batch_xy", "cka_ci_low", "cka_ci_high")
+GATHERING = ("full_cka", "full_dcka", "rsa", "procrustes", "semantic", "rsm", "cache_files",
+             "full_cka_ci_low", "full_cka_p_adjusted")
+#: the same on every rank, but not the one-process value: each rank draws the within-batch
+#: permutations of its own batches
+RANKS_ONLY = ("cka_p_value",)
 
 
 class Net(nn.Module):
@@ -105,6 +109,11 @@ def results_scenarios(world, cache_dir):
     run(keep)
     out["batch_xy"] = keep.seen_batches["xy"].numpy()
     out["full_cka"] = run(CKA(m1, m2, estimator="full", unbiased=True)).matrix
+    boot = run(CKA(m1, m2, n_bootstrap=40, seed=1))  # per-batch terms gathered in batch order
+    out["cka_ci_low"], out["cka_ci_high"] = boot.ci_low, boot.ci_high
+    out["cka_p_value"] = run(CKA(m1, m2, n_permutations=20, seed=1)).p_value
+    full = run(CKA(m1, m2, estimator="full", unbiased=True, n_bootstrap=10, n_permutations=10, seed=1))
+    out["full_cka_ci_low"], out["full_cka_p_adjusted"] = full.ci_low, full.p_value_adjusted
     out["full_dcka"] = run(DeltaCKA(m1, m2, estimator="full")).matrix
     out["rsa"] = run(RSA(m1, m2)).matrix
     out["procrustes"] = run(Procrustes(m1, m2)).matrix
@@ -251,6 +260,9 @@ def test_results_equal_one_process(tmp_path, reference, world):
         values = [r[name] for r in ranks]
         for r, value in enumerate(values[1:], start=1):  # the same result on every rank
             np.testing.assert_array_equal(value, values[0], err_msg=f"{name}: rank {r} vs rank 0")
+        if name in RANKS_ONLY:
+            assert values[0].shape == ref.shape, name
+            continue
         if name == "rsa_sampler":  # other batch compositions: float32 activations to rounding
             np.testing.assert_allclose(values[0], ref, rtol=0, atol=1e-6, err_msg=name)
         elif name in GATHERING or name == "n_samples":

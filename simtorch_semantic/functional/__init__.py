@@ -4,7 +4,8 @@ Every function takes torch tensors or NumPy arrays of shape ``[n, ...]`` (flatte
 where the measure needs vectors) and returns float64. One module per family, with the formula in
 its docstring: ``kernels`` (Gram matrices, centring, median bandwidth), ``hsic`` (biased,
 unbiased, all-pairs), ``cka``, ``dcka``, ``rsa`` (RDMs and their comparison), ``procrustes``,
-``cca``, ``matching`` (assignment solvers) and ``semantic`` (permutation-invariant similarity).
+``cca``, ``matching`` (assignment solvers), ``semantic`` (permutation-invariant similarity) and
+``inference`` (bootstrap intervals, permutation nulls and p-values, calibrated scores).
 
 Every measure is registered once (``registry``, entries in ``catalogue``);
 :func:`similarity(X, Y, measure, **options) <simtorch_semantic.functional.protocol.similarity>`
@@ -18,6 +19,8 @@ from .dcka import DeconfoundedHSIC, dcka, dcka_from_hsic, dcka_hsic_terms, decon
 from .hsic import hsic_all_pairs, hsic_biased, hsic_cross, hsic_prepare, hsic_self, hsic_unbiased
 from .kernels import (center_gram, linear_gram, median_bandwidth, median_distance, rbf_gram, sq_distances,
                       streaming_linear_gram)
+from .inference import (bca_interval, calibrated_scores, percentile_interval, permutation_p_values,
+                        permuted_hsic_cross, streaming_cka_bootstrap, westfall_young_p_values)
 from .matching import SOLVERS, assignment_objective, check_exact_feasible, estimate_exact_seconds, solve_assignment
 from .matching import MATCHINGS, CertifiedAssignment, batched_auction, choose_solver, dual_bound, estimate_seconds
 from .procrustes import (procrustes_angular, procrustes_disparity, procrustes_nuclear_norm, procrustes_prepare,
@@ -52,4 +55,6 @@ __all__ = [
     "cca_prepare", "cca_score", "cca_score_all_pairs",
     "semantic_cka_prepare", "semantic_rsm",
     "pool_positions",
+    "percentile_interval", "bca_interval", "streaming_cka_bootstrap", "permuted_hsic_cross",
+    "permutation_p_values", "westfall_young_p_values", "calibrated_scores",
 ]

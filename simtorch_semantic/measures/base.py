@@ -53,13 +53,14 @@ from .. import distributed as _dist
 from ..data import batch_input, batch_size, expected_batches, paired_batches
 from ..model import SimilarityModel
 from ..results import SimilarityResult
+from .inference import InferenceMixin
 
 __all__ = ["BaseSimilarity"]
 
 _REDUCES = ("sum", "cat", "max")
 
 
-class BaseSimilarity:
+class BaseSimilarity(InferenceMixin):
     """Layer x layer similarity between two :class:`SimilarityModel` over a DataLoader.
 
     Parameters
@@ -76,6 +77,11 @@ class BaseSimilarity:
         tokenizer's ``input_ids``/``attention_mask``).
     input_fn : callable, optional
         ``input_fn(batch) -> model input`` for any other batch structure.
+    n_bootstrap, n_permutations, confidence, seed, interval :
+        Inference for every cell (keyword-only, every measure; off by default): bootstrap
+        intervals, permutation p-values (per cell and family-wise adjusted) and calibrated
+        scores in the result. See :class:`~simtorch_semantic.measures.inference.InferenceMixin`
+        and docs/inference.md for what is resampled.
 
     Attributes
     ----------
@@ -88,7 +94,8 @@ class BaseSimilarity:
     #: on a non-CPU device, read the NaN/Inf flags on the host every this many batches
     nonfinite_check_every = 8
 
-    def __init__(self, sim_model1, sim_model2, device="cpu", *, input_key=None, input_fn=None):
+    def __init__(self, sim_model1, sim_model2, device="cpu", *, input_key=None, input_fn=None,
+                 **inference):
         if type(self)._update_state is BaseSimilarity._update_state:
             raise NotImplementedError(
                 f"{type(self).__name__} is abstract: subclass it and implement _update_state and "
@@ -112,6 +119,7 @@ class BaseSimilarity:
         self._shard_batches = None  # global sample indices of this rank's batches (compute())
         self._mode = None  # compute(distributed=...) while it runs; None: follow the process group
         self._batch_index = 0  # index of the batch being checked (_check_batch)
+        self._init_inference(**inference)  # before _add_states: inference may add states
         self.add_state("_n_samples", 0, reduce="sum")
         self.add_state("_n_batches", 0, reduce="sum")
         self.add_state("_nonfinite1", lambda n1, n2: torch.zeros(n1, dtype=torch.long), reduce="max")
@@ -221,6 +229,7 @@ class BaseSimilarity:
         for name, (default, _) in self._states.items():
             setattr(self, name, self._fresh(default))
         self._notes = []
+        self._reset_inference()
         self._reset_state()
 
     def update(self, batch, batch2=None) -> None:
@@ -328,6 +337,7 @@ class BaseSimilarity:
             self._raise_if_nonfinite()
             matrix = np.asarray(self._compute_matrix(), dtype=np.float64)
             n_samples = self._n_samples
+            inference = self._run_inference(matrix)
         result = SimilarityResult(
             matrix=matrix,
             row_layers=list(self.sim_model1.layers),
@@ -335,10 +345,11 @@ class BaseSimilarity:
             model1_name=self.sim_model1.model_name,
             model2_name=self.sim_model2.model_name,
             measure=self.name,
-            params=self._params(),
+            params={**self._params(), **self._inference_params()},
             n_samples=n_samples,
             higher_is_similar=self.higher_is_similar,
             notes=list(self._notes),
+            **inference,
         )
         self.sim_matrix = result.matrix
         self._last_result = result

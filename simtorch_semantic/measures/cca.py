@@ -54,14 +54,14 @@ class CCA(CollectingSimilarity):
     memory_hint = "use fewer samples (max_batches=) or fewer layers"
 
     def __init__(self, sim_model1, sim_model2, *, variant="mean_rho", epsilon=0.0, dims=None, keep=0.99,
-                 device="cpu", store_device="cpu", max_memory=None, input_key=None, input_fn=None):
+                 device="cpu", store_device="cpu", max_memory=None, input_key=None, input_fn=None, **inference):
         self.variant = check_choice(variant, CCA_VARIANTS, "variant", "CCA")
         check_cca_options(epsilon, dims, keep, "CCA")
         self.epsilon = float(epsilon)
         self.dims = dims
         self.keep = float(keep)
         super().__init__(sim_model1, sim_model2, device, store_device=store_device,
-                         max_memory=max_memory, input_key=input_key, input_fn=input_fn)
+                         max_memory=max_memory, input_key=input_key, input_fn=input_fn, **inference)
 
     def _bases(self, acts: dict, model) -> list:
         out = []

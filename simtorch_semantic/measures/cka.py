@@ -106,7 +106,7 @@ class CKA(BaseSimilarity):
 
     def __init__(self, sim_model1, sim_model2, *, kernel="linear", estimator=None, unbiased=None,
                  sigma_frac=0.8, sigma=None, device="cpu", store_device="cpu", max_memory=None,
-                 input_key=None, input_fn=None):
+                 input_key=None, input_fn=None, **inference):
         kernel = check_kernel(kernel, type(self).__name__)
         own = "minibatch" if self.streaming else "full"
         if estimator is None and type(self).__dict__.get("_forms") is None:
@@ -130,7 +130,7 @@ class CKA(BaseSimilarity):
         self.sigma = None if sigma is None else self._check_positive_float("sigma", sigma)
         storage = dict(store_device=store_device, max_memory=max_memory) if self._collects else {}
         super().__init__(sim_model1, sim_model2, device, input_key=input_key, input_fn=input_fn,
-                         **storage)
+                         **storage, **inference)
 
     # ------------------------------------------------------------------ shared math
     def _gram(self, activation: torch.Tensor) -> torch.Tensor:
@@ -168,8 +168,11 @@ class StreamingCKA(CKA):
     """
 
     streaming = True
-    #: keep every batch's HSIC terms (per-batch statistics for intervals); off by default
+    #: keep every batch's HSIC terms (per-batch statistics for intervals); off by default, on
+    #: when n_bootstrap > 0
     keep_batch_stats = False
+    #: inference over per-batch terms and within-batch permutations (measures/inference.py)
+    inference_streaming = True
     _TERMS = ("xy", "xx", "yy")
 
     def _add_states(self) -> None:
@@ -206,6 +209,7 @@ class StreamingCKA(CKA):
             getattr(self, f"hsic_{name}").add_(value)
             if self.keep_batch_stats:
                 getattr(self, f"batch_hsic_{name}").append(value.detach().clone())
+        self._inference_batch(Ks, Ls, unbiased=True)  # the permutation null, when asked for
 
     def batch_stats(self) -> dict:
         """The kept per-batch terms, ``{"xy": [B, L1, L2], "xx": [B, L1], ...}`` (empty dict
@@ -241,7 +245,9 @@ class FullCKA(CKA, CollectingSimilarity):
 
     def _matrix_from_activations(self, acts1, acts2) -> np.ndarray:
         self._check_full_memory()
-        return self._matrix_from_grams(self._full_grams(acts1), self._full_grams(acts2))
+        Ks, Ls = self._full_grams(acts1), self._full_grams(acts2)
+        self._keep_grams(Ks, Ls, self.unbiased)  # resampled by index gathers for inference (if on)
+        return self._matrix_from_grams(Ks, Ls)
 
 
 class DeltaCKA(CKA):
@@ -267,11 +273,13 @@ class DeltaCKA(CKA):
     """
 
     name = "dcka"
+    inference_unsupported = ("bootstrap and permutation inference is not implemented for dCKA yet "
+                             "(the confounder would have to be resampled with the samples)")
 
     def __init__(self, sim_model1, sim_model2, *, kernel="linear", estimator=None, unbiased=None,
                  sigma_frac=0.8, sigma=None, device="cpu", confounder=None,
                  remove_negative_eig=False, store_device="cpu", max_memory=None, input_key=None,
-                 input_fn=None):
+                 input_fn=None, **inference):
         if confounder is not None and not callable(confounder):
             raise TypeError(f"confounder must be a callable batch -> tensor, got {type(confounder).__name__}")
         if remove_negative_eig and estimator != "full" and not isinstance(self, FullDeltaCKA):
@@ -283,7 +291,7 @@ class DeltaCKA(CKA):
         self.remove_negative_eig = bool(remove_negative_eig)
         super().__init__(sim_model1, sim_model2, kernel=kernel, estimator=estimator, unbiased=unbiased,
                          sigma_frac=sigma_frac, sigma=sigma, device=device, store_device=store_device,
-                         max_memory=max_memory, input_key=input_key, input_fn=input_fn)
+                         max_memory=max_memory, input_key=input_key, input_fn=input_fn, **inference)
 
     def _add_states(self) -> None:
         super()._add_states()

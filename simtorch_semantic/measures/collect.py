@@ -129,13 +129,13 @@ class CollectingSimilarity(BaseSimilarity):
     memory_hint = "use fewer samples (max_batches=), fewer layers, or store_device='cpu'"
 
     def __init__(self, sim_model1, sim_model2, device="cpu", *, store_device="cpu", max_memory=None,
-                 input_key=None, input_fn=None):
+                 input_key=None, input_fn=None, **inference):
         self.store_device = torch.device(store_device)
         if max_memory is not None and (not isinstance(max_memory, (int, np.integer)) or max_memory <= 0):
             raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
         self.max_memory = max_memory
         self._planned_samples = None
-        super().__init__(sim_model1, sim_model2, device, input_key=input_key, input_fn=input_fn)
+        super().__init__(sim_model1, sim_model2, device, input_key=input_key, input_fn=input_fn, **inference)
 
     # -- state
     def _reset_state(self) -> None:

@@ -45,10 +45,10 @@ class Procrustes(CollectingSimilarity):
     memory_hint = "use fewer samples (max_batches=) or fewer layers"
 
     def __init__(self, sim_model1, sim_model2, *, angular=False, device="cpu", store_device="cpu",
-                 max_memory=None, input_key=None, input_fn=None):
+                 max_memory=None, input_key=None, input_fn=None, **inference):
         self.angular = check_bool(angular, "angular", "Procrustes")
         super().__init__(sim_model1, sim_model2, device, store_device=store_device,
-                         max_memory=max_memory, input_key=input_key, input_fn=input_fn)
+                         max_memory=max_memory, input_key=input_key, input_fn=input_fn, **inference)
 
     def _prepared(self, acts: dict, model) -> list:
         out = []

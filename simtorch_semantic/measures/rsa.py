@@ -55,7 +55,7 @@ class RSA(CollectingSimilarity):
 
     def __init__(self, sim_model1, sim_model2, *, metric="pearson", method="pearson", center=False,
                  device="cpu", dtype=torch.float64, chunk_size=None, store_device="cpu",
-                 max_memory=None, input_key=None, input_fn=None):
+                 max_memory=None, input_key=None, input_fn=None, **inference):
         self.metric = check_choice(metric, RDM_METRICS, "metric", "RSA")
         self.method = check_choice(method, COMPARE_METHODS, "method", "RSA")
         self.center = check_bool(center, "center", "RSA")
@@ -66,7 +66,7 @@ class RSA(CollectingSimilarity):
         self.dtype = dtype
         self.chunk_size = chunk_size
         super().__init__(sim_model1, sim_model2, device, store_device=store_device,
-                         max_memory=max_memory, input_key=input_key, input_fn=input_fn)
+                         max_memory=max_memory, input_key=input_key, input_fn=input_fn, **inference)
 
     def _check_batch(self, n: int) -> None:
         pass  # any batch size; n >= 3 in total is checked when the RDMs are built

@@ -72,6 +72,7 @@ from ..functional.semantic import (
 from ..distributed import pair_sharding
 from ..distributed import rank as dist_rank
 from .collect import CollectingSimilarity
+from .inference import INFERENCE_OPTIONS
 
 __all__ = ["SemanticCKA", "rsm_cka_matrix", "psd_clip", "PlanTooLarge", "SemanticPlan"]
 
@@ -232,6 +233,7 @@ class SemanticCKA(CollectingSimilarity):
             warnings.warn("SemanticCKA: kernel='ip' is the old name of kernel='linear'; use 'linear'.",
                           DeprecationWarning, stacklevel=2)
             kernel = "linear"
+        inference = {k: matching_options.pop(k) for k in INFERENCE_OPTIONS if k in matching_options}
         if kernel not in KERNELS:
             raise ValueError(f"SemanticCKA: unknown kernel {kernel!r}; valid kernels are "
                              f"{list(KERNELS)}")
@@ -275,7 +277,7 @@ class SemanticCKA(CollectingSimilarity):
         self.plan = None
         self.matching_stats = []
         super().__init__(sim_model1, sim_model2, device, store_device=store_device,
-                         max_memory=max_memory, input_key=input_key, input_fn=input_fn)
+                         max_memory=max_memory, input_key=input_key, input_fn=input_fn, **inference)
 
     def _params(self) -> dict:
         p = {"kernel": self.kernel, "matching": self.matching, "baseline": self.baseline,
@@ -492,6 +494,10 @@ class SemanticCKA(CollectingSimilarity):
                 else:
                     self._notes.append(f"{head}; not certified (an approximate solver)")
         M = rsm_cka_matrix(Ks, Ls, unbiased=self.unbiased, psd=self.psd, device=self.device)
+        if self.inference_active:  # the RSMs are resampled by index gathers for inference
+            clip = psd_clip if self.psd == "clip" else np.asarray
+            self._keep_grams(*(torch.as_tensor(np.stack([clip(np.asarray(G, dtype=np.float64)) for G in Gs]),
+                                               device=self.device) for Gs in (Ks, Ls)), self.unbiased)
         bad1 = np.where(np.all(np.isnan(M), axis=1))[0]
         bad2 = np.where(np.all(np.isnan(M), axis=0))[0]
         for model, bad in ((self.sim_model1, bad1), (self.sim_model2, bad2)):
