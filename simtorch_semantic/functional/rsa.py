@@ -44,13 +44,15 @@ and column means that double-centring removes, so they can differ noticeably fro
 """
 from __future__ import annotations
 
+import math
 import warnings
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from simtorch_semantic.functional._validation import as_matrix
+from simtorch_semantic.functional._validation import check_choice, check_same_n, data_matrix
 
 __all__ = [
     "RDM_METRICS",
@@ -60,6 +62,13 @@ __all__ = [
     "compare_rdms_all_pairs",
     "double_center",
     "upper_triangle",
+    "rdm_vectors",
+    "rdm_similarities",
+    "PreparedRDM",
+    "rsa_prepare",
+    "rsa_score",
+    "rsa_score_all_pairs",
+    "rsa",
 ]
 
 RDM_METRICS = ("pearson", "L2", "L2squared", "L2_normalize", "L2squared_normalize", "cosine")
@@ -70,33 +79,9 @@ _AUTO_BLOCK_ELEMENTS = 2**25
 
 
 # --------------------------------------------------------------------------- helpers (shared)
-def _data_matrix(X, name: str, dtype=torch.float64, device=None, min_n: int = 3) -> torch.Tensor:
-    """Validate ``X`` ``[n, ...]`` and return it as ``[n, d]`` in ``dtype`` on ``device``.
-
-    Uses ``_validation.as_matrix`` (1-D input, NaN/Inf, n < 2) and additionally requires
-    ``n >= min_n``.
-    """
-    M = as_matrix(X, name=name)
-    if M.shape[0] < min_n:
-        raise ValueError(
-            f"{name} has n={M.shape[0]} samples; at least {min_n} are needed (pass an array "
-            f"of shape [n, ...] with n >= {min_n} samples in the first dimension)."
-        )
-    dev = M.device if device is None else torch.device(device)
-    return M.to(device=dev, dtype=dtype)
-
-
-def _canonical(value: str, valid: Sequence[str], what: str, func: str) -> str:
-    """Map ``value`` case-insensitively onto one of ``valid`` or raise listing the valid ones."""
-    if isinstance(value, str):
-        for v in valid:
-            if value.lower() == v.lower():
-                return v
-    raise ValueError(
-        f"{func}: unknown {what} {value!r}; valid {what}s are "
-        + ", ".join(repr(v) for v in valid)
-        + "."
-    )
+# the shared validation vocabulary (functional/_validation.py) under this module's short names
+_data_matrix = data_matrix
+_canonical = check_choice
 
 
 def _row_list(rows: torch.Tensor, limit: int = 10) -> str:
@@ -358,13 +343,14 @@ def _vector_similarities(V1: torch.Tensor, V2: torch.Tensor, method: str, progre
     return S.clamp(-1.0, 1.0).cpu().numpy().astype(np.float64)
 
 
-def compare_rdms(A, B, method: str = "cosine", center: bool = False) -> float:
+def compare_rdms(A, B, method: str = "pearson", center: bool = False) -> float:
     """Similarity of two RDMs ``[n, n]`` over the same ``n`` samples.
 
     Args:
         A, B: RDMs ``[n, n]`` (torch or NumPy), e.g. from :func:`rdm`; n >= 3, no NaN.
-        method: ``"cosine"``, ``"pearson"``, ``"spearman"`` (Pearson of average ranks) or
-            ``"kendall"`` (tau-b, ``scipy.stats.kendalltau``).
+        method: ``"pearson"`` (default, as everywhere in the package), ``"cosine"``,
+            ``"spearman"`` (Pearson of average ranks) or ``"kendall"`` (tau-b,
+            ``scipy.stats.kendalltau``).
         center: ``False`` compares the upper triangles ``A[i, j], i < j`` (classic RSA).
             ``True`` double-centres both full matrices (``H A H``, ``H B H``) and compares all
             ``n*n`` entries, diagonal included; with ``method="cosine"`` and squared Euclidean
@@ -387,7 +373,7 @@ def compare_rdms(A, B, method: str = "cosine", center: bool = False) -> float:
 
 
 def compare_rdms_all_pairs(
-    As: Sequence, Bs: Sequence, method: str = "cosine", center: bool = False, progress: bool = False
+    As: Sequence, Bs: Sequence, method: str = "pearson", center: bool = False, progress: bool = False
 ) -> np.ndarray:
     """``[a, b]`` matrix of :func:`compare_rdms` between every RDM in ``As`` and every RDM in ``Bs``.
 
@@ -409,3 +395,120 @@ def compare_rdms_all_pairs(
     V1 = _rdm_vectors([R.to(dev) for R in As], bool(center))
     V2 = _rdm_vectors([R.to(dev) for R in Bs], bool(center))
     return _vector_similarities(V1, V2, method, progress=progress)
+
+
+# --------------------------------------------------------------------------- prepare / score
+def rdm_vectors(Rs: Sequence, center: bool = False) -> torch.Tensor:
+    """The entries :func:`compare_rdms` compares, one row per RDM: ``[k, n(n-1)/2]`` (upper
+    triangles, row-major) or, with ``center``, ``[k, n*n]`` (double-centred full matrices); float64.
+
+    ``Rs``: a sequence of square ``[n, n]`` matrices (NaN entries are kept).
+    """
+    Rs = [R if isinstance(R, torch.Tensor) else torch.as_tensor(np.asarray(R)) for R in Rs]
+    return _rdm_vectors([R.to(torch.float64) for R in Rs], bool(center))
+
+
+def rdm_similarities(V1: torch.Tensor, V2: torch.Tensor, method: str = "pearson",
+                     progress: bool = False) -> np.ndarray:
+    """``[k1, k2]`` similarities between rows of RDM vectors ``V1 [k1, m]`` and ``V2 [k2, m]``
+    (from :func:`rdm_vectors`) with ``method`` (cosine, pearson, spearman: one matrix product;
+    kendall: one tau-b per pair). float64 NumPy; NaN rows give NaN."""
+    method = check_choice(method, COMPARE_METHODS, "method", "rdm_similarities")
+    return _vector_similarities(V1, V2, method, progress=progress)
+
+
+@dataclass
+class PreparedRDM:
+    """One representation prepared for RSA: ``vector [m]`` float64 is the compared RDM entries
+    already transformed for ``method`` (unit norm for cosine; centred and unit norm for pearson;
+    ranks, centred and unit norm for spearman; raw for kendall), so a pair is one dot product.
+    ``defined`` is False when the RDM has NaN entries or no variation (every score is NaN)."""
+
+    vector: torch.Tensor
+    method: str
+    defined: bool
+
+
+def _method_vector(v: torch.Tensor, method: str) -> torch.Tensor:
+    if method == "kendall":
+        return v
+    if method == "spearman":
+        v = _ranks(v[None])[0]
+    if method in ("pearson", "spearman"):
+        v = v - v.mean()
+    norm = torch.linalg.vector_norm(v)
+    return v / norm if bool(norm > 0) else torch.full_like(v, math.nan)
+
+
+def rsa_prepare(X, metric: str = "pearson", method: str = "pearson", center: bool = False,
+                dtype: torch.dtype = torch.float64, chunk_size: int | None = None,
+                device=None, name: str = "X") -> PreparedRDM:
+    """Prepare one representation ``X [n, ...]`` (n >= 3) for RSA, once.
+
+    Builds ``rdm(X, metric)``, keeps the entries :func:`compare_rdms` compares (upper triangle,
+    or the double-centred full matrix with ``center``) and transforms them for ``method`` (see
+    :class:`PreparedRDM`). An RDM without variation (e.g. all samples identical) gets one
+    ``RuntimeWarning`` and NaN scores; NaN RDM rows (constant patterns under ``"pearson"``)
+    are warned about by :func:`rdm` and give NaN scores as well.
+    """
+    metric = check_choice(metric, RDM_METRICS, "metric", "rsa_prepare")
+    method = check_choice(method, COMPARE_METHODS, "method", "rsa_prepare")
+    if not isinstance(center, (bool, np.bool_)):
+        raise ValueError(f"rsa_prepare: center must be True or False, got {center!r}.")
+    R = rdm(X, metric, dtype=dtype, chunk_size=chunk_size, device=device)
+    v = _rdm_vectors([R.to(torch.float64)], bool(center))[0]
+    del R
+    finite = bool(torch.isfinite(v).all())
+    spread = v.amax() - v.amin() if finite else None
+    defined = finite and bool(spread > 0)
+    if finite and not defined:
+        warnings.warn(
+            f"rsa: the RDM of {name} has all compared entries equal (e.g. every sample "
+            f"identical); its RSA similarity is undefined and returned as NaN.",
+            RuntimeWarning, stacklevel=2)
+    if not defined:
+        v = torch.full_like(v, math.nan)
+    return PreparedRDM(_method_vector(v, method) if defined else v, method, defined)
+
+
+def rsa_score_all_pairs(pxs: Sequence[PreparedRDM], pys: Sequence[PreparedRDM],
+                        progress: bool = False) -> np.ndarray:
+    """``[a, b]`` RSA similarities of every prepared representation in ``pxs`` with every one in
+    ``pys`` (same ``n``, metric, method, center): one ``[a, m] @ [m, b]`` product (kendall: one
+    tau-b per pair, with a progress bar). float64 NumPy, NaN for undefined RDMs."""
+    pxs, pys = list(pxs), list(pys)
+    if not pxs or not pys or not all(isinstance(p, PreparedRDM) for p in pxs + pys):
+        raise TypeError("pxs and pys must be non-empty sequences of PreparedRDM (from rsa_prepare).")
+    methods = {p.method for p in pxs + pys}
+    sizes = {p.vector.numel() for p in pxs + pys}
+    if len(methods) != 1 or len(sizes) != 1:
+        raise ValueError(
+            "rsa_score_all_pairs: every prepared RDM must come from the same number of samples and "
+            f"the same method/center; got methods {sorted(methods)}, vector sizes {sorted(sizes)}.")
+    method = methods.pop()
+    dev = pxs[0].vector.device
+    V1 = torch.stack([p.vector.to(dev) for p in pxs])
+    V2 = torch.stack([p.vector.to(dev) for p in pys])
+    if method == "kendall":
+        return _vector_similarities(V1, V2, method, progress=progress)
+    return (V1 @ V2.T).clamp(-1.0, 1.0).cpu().numpy().astype(np.float64)
+
+
+def rsa_score(px: PreparedRDM, py: PreparedRDM) -> float:
+    """RSA similarity of two prepared representations (:func:`rsa_prepare`)."""
+    return float(rsa_score_all_pairs([px], [py])[0, 0])
+
+
+def rsa(X, Y, metric: str = "pearson", method: str = "pearson", center: bool = False) -> float:
+    """RSA of ``X [n, ...]`` and ``Y [n, ...]``: ``compare_rdms(rdm(X, metric), rdm(Y, metric),
+    method, center)`` in [-1, 1], higher is more similar (Kriegeskorte et al. 2008).
+
+    Unlike :func:`compare_rdms`, undefined RDMs (NaN rows, no variation) give NaN with a
+    ``RuntimeWarning`` instead of an error.
+    """
+    X = data_matrix(X, "X")
+    Y = data_matrix(Y, "Y", device=X.device)
+    check_same_n(X, Y)
+    px = rsa_prepare(X, metric, method, center, name="X")
+    py = rsa_prepare(Y, metric, method, center, name="Y")
+    return rsa_score(px, py)
