@@ -30,6 +30,8 @@ setup(
     ],
     extras_require={
         "overlay": ["anywidget", "scikit-learn", "pillow"],
+        # soft-matching distance (optimal transport) and RTD (persistent homology)
+        "measures": ["POT", "ripser"],
         "test": [
             "pytest",
             "hypothesis",
@@ -43,6 +45,9 @@ setup(
             "nbclient",
             "ipykernel",
             "jupyterlab",
+            "POT",
+            "ripser",
+            "gudhi",
         ],
     },
     entry_points={"console_scripts": ["simtorch-semantic=simtorch_semantic.cli:main"]},

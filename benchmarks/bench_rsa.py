@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -49,10 +50,17 @@ def data(n, d, seed=0):
 def bench_rdm(repeats, with_scipy):
     X = data(5000, 2048)
     out = {}
-    for metric in ("pearson", "L2squared", "cosine"):
-        out[f"{metric}_float64_s"] = timed(lambda: rdm(X, metric), repeats)
-    out["pearson_float32_s"] = timed(lambda: rdm(X, "pearson", dtype=torch.float32), repeats)
-    for chunk in (5000, 1250, 500):
+    # the yardstick, in the same run: a bare X @ X.T in each precision, and rdm's ratio to it
+    for name, dt in (("float64", torch.float64), ("float32", torch.float32)):
+        Xd = X.to(dt)
+        gemm = timed(lambda: Xd @ Xd.T, repeats)
+        out[f"gemm_{name}_s"] = gemm
+        for metric in ("pearson", "L2squared"):
+            t = timed(lambda: rdm(X, metric, dtype=dt), repeats)
+            out[f"{metric}_{name}_s"] = t
+            out[f"{metric}_{name}_ratio_to_gemm"] = round(t / gemm, 2)
+    out["cosine_float64_s"] = timed(lambda: rdm(X, "cosine"), repeats)
+    for chunk in (1250,):
         out[f"pearson_float64_chunk{chunk}_s"] = timed(lambda: rdm(X, "pearson", chunk_size=chunk), repeats)
     if with_scipy:
         from scipy.spatial.distance import pdist
@@ -113,8 +121,12 @@ def main():
     parser.add_argument("--part", choices=["rdm", "compare", "procrustes_cca", "accuracy", "all"], default="all")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scipy", action="store_true")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args()
-    result = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = {"load_average": os.getloadavg(), "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "torch": torch.__version__}
     parts = ["rdm", "compare", "procrustes_cca", "accuracy"] if args.part == "all" else [args.part]
     for part in parts:

@@ -34,7 +34,7 @@ import sys
 import warnings
 from pathlib import Path
 
-__all__ = ["main", "MEASURES", "available_measures", "build_parser", "CLIError"]
+__all__ = ["main", "MEASURES", "available_measures", "build_parser", "CLIError", "list_measures_text"]
 
 PROG = "simtorch-semantic"
 
@@ -109,8 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "layer (CKA and friends).")
     from . import __version__
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--list-measures", action="store_true",
+                        help="print every measure --measure accepts (registered names, aliases, "
+                        "one-line descriptions) and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
     measure_list = ", ".join(f"{k} ({v[4]})" for k, v in MEASURES.items())
     cmp_ = sub.add_parser(
         "compare", help="compare two torchvision models layer x layer",
@@ -127,8 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--out", required=True, metavar="DIR",
                       help="folder for the PNG, CSV and JSON files (created if missing)")
     cmp_.add_argument("--measure", default="cka", metavar="NAME",
-                      help=f"similarity measure (default: cka); one of {measure_list}; the last "
-                      "four when their modules are installed")
+                      help=f"similarity measure (default: cka): {measure_list}; or any other "
+                      "registered measure or alias (see --list-measures), computed with "
+                      "LayerSimilarity (--option spatial=mean|flatten|positions chooses how "
+                      "spatial maps become vectors)")
     cmp_.add_argument("--layers-a", default=None, metavar="LAYERS",
                       help="layers of MODEL_A, comma-separated (default: every block output)")
     cmp_.add_argument("--layers-b", default=None, metavar="LAYERS",
@@ -339,14 +343,51 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
+def _registered(name: str):
+    """The registry's spec for ``name`` (a name or alias), or None."""
+    from .functional.registry import get_measure
+    try:
+        return get_measure(name)
+    except (ValueError, TypeError):
+        return None
+
+
+def list_measures_text() -> str:
+    """One line per measure ``--measure`` accepts: name, description, aliases."""
+    from .functional.registry import get_measure, list_measures
+    lines = []
+    names = list_measures()
+    for name in sorted(set(names) | set(MEASURES)):
+        if name in names:
+            spec = get_measure(name)
+            kind = "similarity" if spec.higher_is_similar else "distance"
+            aliases = f" [aliases: {', '.join(spec.aliases)}]" if spec.aliases else ""
+            lines.append(f"{name:20s} {spec.description} ({kind}){aliases}")
+        else:
+            lines.append(f"{name:20s} {MEASURES[name][4]} (command-line front door only)")
+    return "\n".join(lines)
+
+
 def _compare(args) -> int:
-    if args.measure not in MEASURES:
+    spec = None if args.measure in MEASURES else _registered(args.measure)
+    if spec is not None and spec.name in MEASURES:
+        args.measure = spec.name          # an alias of a measure with its own class
+        spec = None
+    if args.measure not in MEASURES and spec is None:
         measures = available_measures()
-        close = difflib.get_close_matches(args.measure, list(MEASURES), n=3)
+        from .functional.registry import list_measures
+        known = sorted(set(MEASURES) | set(list_measures()))
+        close = difflib.get_close_matches(args.measure, known, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise CLIError(f"--measure: unknown measure '{args.measure}'{hint}; available: "
-                       f"{', '.join(measures) or 'none (the measures modules failed to import)'}")
-    module, cls_name, fixed, takes_estimator, _ = MEASURES[args.measure]
+                       f"{', '.join(known) or 'none (the measures modules failed to import)'} "
+                       "(see --list-measures)")
+    if spec is not None:                  # any other registered measure: LayerSimilarity
+        args.measure = spec.name
+        module, cls_name, fixed, takes_estimator = ("simtorch_semantic.measures.layer",
+                                                    "LayerSimilarity", {}, False)
+    else:
+        module, cls_name, fixed, takes_estimator, _ = MEASURES[args.measure]
     options = {key: (max(2, args.n // 10) if value == "n/10" else value)
                for key, value in fixed.items()}
     for key, value in _parse_options(args.option):
@@ -376,9 +417,12 @@ def _compare(args) -> int:
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out '{out}' is a file; give a folder (it is created if missing)")
     measures = available_measures()
-    if args.measure not in measures:
+    if spec is None and args.measure not in measures:
         raise CLIError(f"--measure {args.measure} needs {module}, which cannot be imported in "
                        f"this installation; available: {', '.join(measures) or 'none'}")
+    if spec is not None:
+        from .measures.layer import LayerSimilarity
+        measures = {args.measure: lambda m1, m2, **kw: LayerSimilarity(m1, m2, args.measure, **kw)}
 
     import torch
     from torch.utils.data import DataLoader
@@ -473,6 +517,12 @@ def main(argv=None) -> int:
             args = parser.parse_args(argv)
         except SystemExit as stop:                     # --help / --version
             return stop.code if isinstance(stop.code, int) else 0
+        if args.list_measures:
+            print(list_measures_text())
+            return 0
+        if args.command is None:
+            raise CLIError(f"a command is required: {PROG} compare MODEL_A MODEL_B --out DIR "
+                           f"(or {PROG} --list-measures; see '{PROG} --help')")
         if args.command == "compare":
             import torch
             # leave the caller's CPU RNG as it was; print each warning as one line

@@ -42,13 +42,12 @@ import torch
 from tqdm.auto import tqdm
 
 from simtorch_semantic.results import atomic_write_bytes
-from simtorch_semantic.functional.matching import check_exact_feasible
+from simtorch_semantic.functional.matching import check_exact_feasible, resolve_n_workers
 from simtorch_semantic.functional.semantic import (
     _as_nsc,
     _check_kernels,
     _check_matching,
     _kernels_from_ip,
-    _n_workers,
     _semantic_ip,
     _sq_dists,
     median_sigma,
@@ -257,7 +256,7 @@ def _get_or_calculate(kind, out_dir, representations, batch_size, kernel, matchi
     kernels, was_list = _check_kernels(kernel)
     if kind == "semantic":
         _check_matching(matching)
-        n_workers = _n_workers(n_workers)
+        n_workers = resolve_n_workers(n_workers)
     if batch_size is not None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
@@ -316,7 +315,7 @@ def _get_or_calculate(kind, out_dir, representations, batch_size, kernel, matchi
     return {layer: per_kernel[kernels[0]] for layer, per_kernel in results.items()}
 
 
-def get_or_calculate_RSM(out_dir, representations, batch_size=None, kernel="ip",
+def get_or_calculate_RSM(out_dir, representations, batch_size=None, kernel="linear",
                          matching="exact", n_workers=None, progress=True, layout="auto",
                          **matching_options):
     """Permutation-invariant (semantic) RSM of every layer, loaded from or stored in a cache.
@@ -327,7 +326,7 @@ def get_or_calculate_RSM(out_dir, representations, batch_size=None, kernel="ip",
             .npy), or a list of them (layers "0", "1", ...). See the module docstring.
         batch_size: None for the full ``N x N`` RSM; an int for one RSM per consecutive block
             of ``batch_size`` samples (module docstring).
-        kernel: "ip", "cosine", "rbf" or a list of them.
+        kernel: "linear" (old name "ip"), "cosine", "rbf" or a list of them.
         matching: assignment solver (``functional.matching.SOLVERS``); ``**matching_options``
             (e.g. ``k=`` for "batch_optimal") go to it and into the cache key.
         n_workers: solver threads (not part of the key: it does not change the result).
@@ -342,7 +341,7 @@ def get_or_calculate_RSM(out_dir, representations, batch_size=None, kernel="ip",
                              matching, n_workers, progress, layout, matching_options)
 
 
-def get_or_calculate_baseline_RSM(out_dir, representations, batch_size=None, kernel="ip",
+def get_or_calculate_baseline_RSM(out_dir, representations, batch_size=None, kernel="linear",
                                   progress=True, layout="auto"):
     """Spatio-semantic baseline RSM (no permutation) of every layer, with the same cache.
 

@@ -64,7 +64,7 @@ def test_blocks_are_diagonal_blocks_with_one_bandwidth(tmp_path):
         np.fill_diagonal(d2, 0)
         d2_blocks.append(d2)
         d2_all += [d2[i, j] for i in range(e - s) for j in range(i + 1, e - s)]
-    sigma2 = np.median([v for v in d2_all if v > 0])
+    sigma2 = np.median(np.sqrt([v for v in d2_all if v > 0])) ** 2  # median non-zero distance
     for bi, d2 in enumerate(d2_blocks):
         np.testing.assert_allclose(blocks["rbf"][bi], np.exp(-d2 / (2 * sigma2)), rtol=1e-10)
     base = get_or_calculate_baseline_RSM(tmp_path, r, batch_size=3, progress=False)["conv"]
@@ -204,7 +204,7 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="batch_size must be None"):
         get_or_calculate_RSM(tmp_path, r, batch_size=0, progress=False)
     with pytest.raises(ValueError, match="unknown kernel"):
-        get_or_calculate_RSM(tmp_path, r, kernel="linear", progress=False)
+        get_or_calculate_RSM(tmp_path, r, kernel="poly", progress=False)
     with pytest.raises(ValueError, match="unknown matching"):
         get_or_calculate_RSM(tmp_path, r, matching="auction9", progress=False)
     with pytest.raises(ValueError, match="unknown layout"):

@@ -5,17 +5,29 @@ where the measure needs vectors) and returns float64. One module per family, wit
 its docstring: ``kernels`` (Gram matrices, centring, median bandwidth), ``hsic`` (biased,
 unbiased, all-pairs), ``cka``, ``dcka``, ``rsa`` (RDMs and their comparison), ``procrustes``,
 ``cca``, ``matching`` (assignment solvers) and ``semantic`` (permutation-invariant similarity).
+
+Every measure is registered once (``registry``, entries in ``catalogue``);
+:func:`similarity(X, Y, measure, **options) <simtorch_semantic.functional.protocol.similarity>`
+runs any of them on stored activations, with the shared spatial policy of ``spatial``.
 """
 
-from .cca import CCA_VARIANTS, cca, cca_similarity, pwcca, svcca
-from .cka import cka_from_grams, cka_from_hsic, linear_cka, rbf_cka
+from .cca import CCA_VARIANTS, cca, cca_prepare, cca_score, cca_score_all_pairs, cca_similarity, pwcca, svcca
+from .cka import (cka_from_grams, cka_from_hsic, cka_prepare, cka_prepare_gram, cka_score, cka_score_all_pairs,
+                  linear_cka, rbf_cka)
 from .dcka import DeconfoundedHSIC, dcka, dcka_from_hsic, dcka_hsic_terms, deconfound_gram
-from .hsic import hsic_all_pairs, hsic_biased, hsic_unbiased
-from .kernels import center_gram, linear_gram, median_bandwidth, rbf_gram, sq_distances, streaming_linear_gram
+from .hsic import hsic_all_pairs, hsic_biased, hsic_cross, hsic_prepare, hsic_self, hsic_unbiased
+from .kernels import (center_gram, linear_gram, median_bandwidth, median_distance, rbf_gram, sq_distances,
+                      streaming_linear_gram)
 from .matching import SOLVERS, assignment_objective, check_exact_feasible, estimate_exact_seconds, solve_assignment
-from .procrustes import procrustes_angular, procrustes_disparity, procrustes_nuclear_norm
-from .rsa import COMPARE_METHODS, RDM_METRICS, compare_rdms, compare_rdms_all_pairs, double_center, rdm, upper_triangle
+from .procrustes import (procrustes_angular, procrustes_disparity, procrustes_nuclear_norm, procrustes_prepare,
+                         procrustes_score, procrustes_score_all_pairs)
+from .rsa import (COMPARE_METHODS, RDM_METRICS, compare_rdms, compare_rdms_all_pairs, double_center, rdm,
+                  rsa_prepare, rsa_score, rsa_score_all_pairs, upper_triangle)
+from .semantic_cka import semantic_cka_prepare, semantic_rsm
 from .semantic import KERNELS, LAYOUTS, perm_inv_semantic_sim, semantic_sim_parallel, similarity_calculation
+from .registry import INVARIANCES, MeasureSpec, describe_measure, get_measure, list_measures, register
+from .spatial import SPATIAL_POLICIES, apply_spatial, to_vectors
+from .protocol import similarity
 
 __all__ = [
     "linear_gram", "streaming_linear_gram", "center_gram", "sq_distances", "median_bandwidth", "rbf_gram",
@@ -28,4 +40,12 @@ __all__ = [
     "CCA_VARIANTS", "cca", "cca_similarity", "svcca", "pwcca",
     "SOLVERS", "solve_assignment", "assignment_objective", "estimate_exact_seconds", "check_exact_feasible",
     "KERNELS", "LAYOUTS", "perm_inv_semantic_sim", "semantic_sim_parallel", "similarity_calculation",
+    "similarity", "list_measures", "describe_measure", "get_measure", "register", "MeasureSpec",
+    "INVARIANCES", "SPATIAL_POLICIES", "to_vectors", "apply_spatial",
+    "median_distance", "hsic_prepare", "hsic_cross", "hsic_self",
+    "cka_prepare", "cka_prepare_gram", "cka_score", "cka_score_all_pairs",
+    "rsa_prepare", "rsa_score", "rsa_score_all_pairs",
+    "procrustes_prepare", "procrustes_score", "procrustes_score_all_pairs",
+    "cca_prepare", "cca_score", "cca_score_all_pairs",
+    "semantic_cka_prepare", "semantic_rsm",
 ]

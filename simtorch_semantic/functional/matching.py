@@ -60,6 +60,7 @@ __all__ = [
     "solve_assignment",
     "assignment_objective",
     "estimate_exact_seconds",
+    "resolve_n_workers",
     "check_exact_feasible",
 ]
 
@@ -128,7 +129,7 @@ def _check_method(method):
         )
 
 
-def _n_workers(n_workers):
+def resolve_n_workers(n_workers):
     """Threads to use: ``n_workers``, or the CPUs this process may run on when None."""
     if n_workers is None:
         return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -136,6 +137,9 @@ def _n_workers(n_workers):
     if not isinstance(n_workers, (int, np.integer)) or isinstance(n_workers, bool) or n_workers < 1:
         raise ValueError(f"n_workers must be a positive integer or None, got {n_workers!r}")
     return int(n_workers)
+
+
+_n_workers = resolve_n_workers
 
 
 def _map_batch(fn, a, n_workers):

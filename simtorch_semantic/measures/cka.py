@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..functional.cka import cka_from_hsic
+from ..functional.cka import check_kernel, cka_from_hsic
 from ..functional.dcka import dcka_from_hsic, dcka_hsic_terms, deconfound_gram
 from ..functional.hsic import hsic_all_pairs
 from ..functional.kernels import linear_gram, rbf_gram, streaming_linear_gram
@@ -36,7 +36,6 @@ from .collect import ActivationStore, CollectingSimilarity
 
 __all__ = ["CKA", "DeltaCKA"]
 
-_KERNELS = ("linear", "rbf")
 _ESTIMATORS = ("minibatch", "full")
 
 
@@ -47,11 +46,14 @@ class CKA(CollectingSimilarity):
     ----------
     sim_model1, sim_model2 : SimilarityModel
     kernel : {"linear", "rbf"}
-        Linear CKA or Gaussian-kernel CKA (Kornblith et al. 2019).
+        Linear CKA or Gaussian-kernel CKA (Kornblith et al. 2019). ``"ip"``, the old name of
+        ``"linear"``, is accepted with a ``DeprecationWarning``.
     estimator : {"minibatch", "full"}
         See the module docstring. ``minibatch`` always uses the unbiased HSIC.
-    unbiased : bool
-        For ``estimator="full"``: unbiased HSIC (Song et al. 2012) instead of the biased one.
+    unbiased : bool, optional
+        For ``estimator="full"``: unbiased HSIC (Song et al. 2012) instead of the biased one
+        (default, as in every CKA function). ``estimator="minibatch"`` is always unbiased:
+        ``unbiased=False`` with it raises instead of being silently ignored.
     sigma_frac : float
         RBF bandwidth as a fraction of the median pairwise distance (default 0.8).
     sigma : float, optional
@@ -68,15 +70,21 @@ class CKA(CollectingSimilarity):
     name = "cka"
     memory_hint = "use estimator='minibatch' (memory flat in the number of samples), fewer samples or fewer layers"
 
-    def __init__(self, sim_model1, sim_model2, kernel="linear", estimator="minibatch", unbiased=False,
-                 sigma_frac=0.8, sigma=None, device="cpu", *, store_device="cpu", max_memory=None,
+    def __init__(self, sim_model1, sim_model2, *, kernel="linear", estimator="minibatch", unbiased=None,
+                 sigma_frac=0.8, sigma=None, device="cpu", store_device="cpu", max_memory=None,
                  input_key=None, input_fn=None):
-        if kernel not in _KERNELS:
-            raise ValueError(f"kernel must be one of {_KERNELS}, got {kernel!r}")
+        kernel = check_kernel(kernel, type(self).__name__)
         if estimator not in _ESTIMATORS:
             raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {estimator!r}")
+        if unbiased is not None and not isinstance(unbiased, (bool, np.bool_)):
+            raise ValueError(f"unbiased must be True, False or None, got {unbiased!r}")
+        if estimator == "minibatch" and unbiased is not None and not unbiased:
+            raise ValueError(
+                "estimator='minibatch' sums the unbiased HSIC over batches and has no biased form; "
+                "leave unbiased unset (or True), or use estimator='full' for the biased estimator")
         self.kernel = kernel
         self.estimator = estimator
+        # the package-wide default is the biased estimator; the minibatch one is unbiased only
         self.unbiased = True if estimator == "minibatch" else bool(unbiased)
         self.sigma_frac = self._check_positive_float("sigma_frac", sigma_frac)
         self.sigma = None if sigma is None else self._check_positive_float("sigma", sigma)
@@ -236,8 +244,8 @@ class DeltaCKA(CKA):
 
     name = "dcka"
 
-    def __init__(self, sim_model1, sim_model2, kernel="linear", estimator="minibatch", unbiased=False,
-                 sigma_frac=0.8, sigma=None, device="cpu", *, confounder=None,
+    def __init__(self, sim_model1, sim_model2, *, kernel="linear", estimator="minibatch", unbiased=None,
+                 sigma_frac=0.8, sigma=None, device="cpu", confounder=None,
                  remove_negative_eig=False, store_device="cpu", max_memory=None, input_key=None,
                  input_fn=None):
         if confounder is not None and not callable(confounder):

@@ -112,7 +112,7 @@ class SemanticCKA(CollectingSimilarity):
     Parameters
     ----------
     sim_model1, sim_model2 : SimilarityModel
-    kernel : {"rbf", "ip", "cosine"}
+    kernel : {"rbf", "linear", "cosine"}  (``"ip"``, the old name of ``"linear"``, warns)
         Kernel of the aligned pair (RBF bandwidth: median heuristic over each layer's whole RSM).
     matching : str
         Assignment solver (``functional.matching.SOLVERS``); ``**matching_options`` go to it
@@ -141,10 +141,16 @@ class SemanticCKA(CollectingSimilarity):
     higher_is_similar = True
     memory_hint = "use fewer samples (max_batches=) or fewer layers"
 
-    def __init__(self, sim_model1, sim_model2, kernel="rbf", matching="exact", baseline=False,
-                 device="cpu", n_workers=None, *, unbiased=False, psd=None, layout="auto",
+    def __init__(self, sim_model1, sim_model2, *, kernel="rbf", matching="exact", baseline=False,
+                 device="cpu", n_workers=None, unbiased=False, psd=None, layout="auto",
                  store_device="cpu", max_memory=None, input_key=None, input_fn=None,
                  **matching_options):
+        if kernel == "ip":  # the old name of "linear"
+            import warnings
+
+            warnings.warn("SemanticCKA: kernel='ip' is the old name of kernel='linear'; use 'linear'.",
+                          DeprecationWarning, stacklevel=2)
+            kernel = "linear"
         if kernel not in KERNELS:
             raise ValueError(f"SemanticCKA: unknown kernel {kernel!r}; valid kernels are "
                              f"{list(KERNELS)}")
