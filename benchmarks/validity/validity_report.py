@@ -173,7 +173,8 @@ def _table(rows, test, rk) -> list[str]:
     lines = ["| rank | measure | score | p-value | note |", "|---|---|---|---|---|"]
     for r in got:
         p = r.get("pvalue", "")
-        lines.append(f"| {rk[r['measure']]} | `{r['measure']}` | {r['score']:.3f} | "
+        base = " (output baseline)" if r.get("inputs") == "outputs" else ""
+        lines.append(f"| {rk[r['measure']]} | `{r['measure']}`{base} | {r['score']:.3f} | "
                      f"{'' if p == '' or p is None or (isinstance(p, float) and math.isnan(p)) else f'{p:.3g}'} | "
                      f"{r.get('note', '')} |")
     missing = sorted({r["measure"] for r in rows if r["test"] == test} - set(rk))
@@ -191,13 +192,21 @@ def _why(rows, measure, test) -> str:
     return ""
 
 
+def _representational(rows, rk) -> dict:
+    """``rk`` without the output measures (baselines that see the outputs themselves)."""
+    outputs = {r["measure"] for r in rows if r.get("inputs") == "outputs"}
+    return {m: v for m, v in rk.items() if m not in outputs}
+
+
 def _best(rows, test, rk, k=3) -> str:
+    rk = _representational(rows, rk)
     order = sorted(rk, key=lambda m: (rk[m], m))[:k]
     sc = {r["measure"]: r["score"] for r in rows if r["test"] == test}
     return ", ".join(f"`{m}` ({sc[m]:.2f})" for m in order) or "-"
 
 
 def _worst(rows, test, rk, k=2) -> str:
+    rk = _representational(rows, rk)
     order = sorted(rk, key=lambda m: (-rk[m], m))[:k]
     sc = {r["measure"]: r["score"] for r in rows if r["test"] == test}
     return ", ".join(f"`{m}` ({sc[m]:.2f})" for m in order) or "-"
@@ -223,6 +232,11 @@ def write_docs(path: Path, rows, summary, out: Path) -> None:
          "(`--full`). Setting of this table: " + _setting_text(s) + ".",
          "",
          "## Summary",
+         "",
+         "The summary names representational measures only; the output measures "
+         "(`jensen_shannon`, `disagreement`, `accuracy_difference`) compare the models' outputs "
+         "themselves and appear in the output tests' tables as baselines. Ranks are within a "
+         "test (1 = best); ties share a rank.",
          "",
          "| question | test | trust (best 3) | avoid (worst 2) |",
          "|---|---|---|---|"]
