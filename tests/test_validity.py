@@ -111,6 +111,12 @@ def test_group_separation_matches_loops():
     assert res["auprc"] == 1.0 and res["violation_rate"] == 0.0
 
 
+def test_chance_auprc_is_the_mean_share_of_positives():
+    groups = ["a", "a", "b", "b", "b"]
+    shares = [2 / (2 + 2 * 2 * 3), 6 / (6 + 2 * 3 * 2)]
+    assert vs.chance_auprc(groups) == pytest.approx(np.mean(shares))
+
+
 def test_group_separation_all_nan_group_is_nan():
     S = np.full((4, 4), np.nan)
     assert math.isnan(vs.group_separation(S, [0, 0, 1, 1])["auprc"])
@@ -178,7 +184,16 @@ def test_per_image_shifts_match_padded_crops():
     assert torch.equal(ox, vm.random_shifts(50, 2, seed=1)[0])
 
 
-def test_training_is_deterministic_and_label_noise_hurts():
+@pytest.fixture
+def one_thread():
+    """Tiny models train many times faster on one thread on a loaded machine (as run.py does)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_training_is_deterministic_and_label_noise_hurts(one_thread):
     data = vm.load_data()
     spec = vm.TrainSpec(epochs=6, seed=3)
     a, b = vm.train(spec, data), vm.train(spec, data)

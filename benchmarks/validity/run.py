@@ -344,9 +344,11 @@ def run_groups(run: MeasureRunner, test: str) -> dict:
     """Tests 3-5: AUPRC of separating same-group from cross-group pairs (last hidden layer)."""
     members = run.T.groups[test]
     S = run.matrix([(name, "r6") for name, _ in members])
-    res = scoring.group_separation(S, [label for _, label in members])
+    labels = [label for _, label in members]
+    res = scoring.group_separation(S, labels)
     return {"score": res["auprc"], "auprc": res["auprc"], "violation_rate": res["violation_rate"],
-            "n_comparisons": res["n_comparisons"]}
+            "n_comparisons": res["n_comparisons"],
+            "note": f"chance AUPRC {scoring.chance_auprc(labels):.3f}"}
 
 
 def run_monotonicity(run: MeasureRunner, test: str) -> dict:

@@ -200,8 +200,12 @@ def _representational(rows, rk) -> dict:
 
 def _best(rows, test, rk, k=3) -> str:
     rk = _representational(rows, rk)
-    order = sorted(rk, key=lambda m: (rk[m], m))[:k]
     sc = {r["measure"]: r["score"] for r in rows if r["test"] == test}
+    first = sorted(m for m in rk if rk[m] == 1)
+    if len(first) > k:
+        return (f"{len(first)} measures tie at {sc[first[0]]:.2f}: "
+                + ", ".join(f"`{m}`" for m in first))
+    order = sorted(rk, key=lambda m: (rk[m], m))[:k]
     return ", ".join(f"`{m}` ({sc[m]:.2f})" for m in order) or "-"
 
 
@@ -244,7 +248,7 @@ def write_docs(path: Path, rows, summary, out: Path) -> None:
         q, _ = QUESTIONS[t]
         L.append(f"| {q} | `{t}` | {_best(rows, t, rk[t])} | {_worst(rows, t, rk[t])} |")
     L += ["", "Scores: Spearman rho (higher is better) for the output tests, AUPRC (1 = perfect "
-          "separation, chance = the share of same-group pairs) for the group tests, violation "
+          "separation; chance, the share of same-group pairs, is in each row's note) for the group tests, violation "
           "rates (0 = never wrong) for monotonicity and PCA deletion, kept similarity for "
           "translation. Distances are flipped (higher = more similar) before scoring.", ""]
     for t in tests:
@@ -273,7 +277,7 @@ def machine() -> str:
     gpu = (f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU")
     return (f"{os.cpu_count()}-core {platform.machine()} CPU, {mem}{gpu}, Python "
             f"{platform.python_version()}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads)")
+            f"(run with {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})")
 
 
 def write_results_section(path: Path, summary, out: Path) -> None:
@@ -301,11 +305,10 @@ def write_results_section(path: Path, summary, out: Path) -> None:
          f"({summary['cpu_s'] / 60:.1f} CPU-min), of which training {summary['n_models']} models "
          f"{summary['trained'].seconds:.0f} s wall.",
          "",
-         "Coverage: " + _setting_text(s) + ".",
-         "",
-         "`--quick` vs `--full`. " + " ".join(
+         f"This run: `--{s.name}`. What `--quick` and `--full` cover: " + " ".join(
              _setting_text(summary["settings"][k]) + "." for k in ("quick", "full")
-             if k in summary.get("settings", {})),
+             if k in summary.get("settings", {})) + (
+             "" if s.name in ("quick", "full") else " This run: " + _setting_text(s) + "."),
          "",
          "Excluded in this run: " + (", ".join(f"`{m}`" for m in summary["excluded"]) or "none")
          + ". Measures with an error in some test (NaN plus the message in the CSV): "

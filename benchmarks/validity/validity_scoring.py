@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 __all__ = ["oriented", "rankdata", "spearman", "spearman_permutation", "average_precision",
-           "group_separation", "layer_monotonicity", "ordered_violations"]
+           "group_separation", "chance_auprc", "layer_monotonicity", "ordered_violations"]
 
 
 def oriented(values, higher_is_similar: bool) -> np.ndarray:
@@ -122,6 +122,18 @@ def group_separation(S, groups) -> dict:
         vrs.append(_violation_rate(pos, neg))
     return {"auprc": float(np.mean(aps)), "violation_rate": float(np.mean(vrs)),
             "n_comparisons": int(np.isfinite(S[off]).sum())}
+
+
+def chance_auprc(groups) -> float:
+    """AUPRC of a measure that orders pairs at random: the mean over groups of the share of
+    positives (same-group pairs) among the pairs that involve the group."""
+    g = np.asarray(groups)
+    shares = []
+    for label in dict.fromkeys(g.tolist()):
+        k, m = int((g == label).sum()), len(g)
+        pos, neg = k * (k - 1), 2 * k * (m - k)
+        shares.append(pos / (pos + neg))
+    return float(np.mean(shares))
 
 
 def layer_monotonicity(S) -> dict:
