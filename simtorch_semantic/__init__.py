@@ -2,16 +2,20 @@
 
 Wrap models with :class:`SimilarityModel`, pick a measure (:class:`CKA`, :class:`DeltaCKA`,
 :class:`RSA`, :class:`Procrustes`, :class:`CCA`, :class:`SemanticCKA`) and call
-``compute(dataloader)`` to get a :class:`SimilarityResult`. The math on stored activations lives
+``compute(dataloader)`` to get a :class:`SimilarityResult`; any registered measure
+(:func:`list_measures`, :func:`describe_measure`) runs layer x layer through
+:class:`LayerSimilarity`. The math on stored activations lives
 in :mod:`simtorch_semantic.functional`; interactive overlays in :mod:`simtorch_semantic.overlay`
 (``SimilarityOverlay`` is importable from here too, loaded on first use).
 """
 
 __version__ = "0.1.0"
 
+from .functional.registry import describe_measure, list_measures
 from .functional.semantic import perm_inv_semantic_sim, semantic_sim_parallel, similarity_calculation
 from .images import default_dataset, load_images
-from .measures import CCA, CKA, RSA, BaseSimilarity, CollectingSimilarity, DeltaCKA, Procrustes, SemanticCKA
+from .measures import (CCA, CKA, RSA, BaseSimilarity, CollectingSimilarity, DeltaCKA, LayerSimilarity, Procrustes,
+                       SemanticCKA)
 from .model import SimilarityModel, default_layers
 from .plotting import plot_corresponding_layers, plot_rdm, plot_rdm_comparison, plot_similarity_matrix
 from .results import SimilarityResult
@@ -20,6 +24,7 @@ from .rsm import get_or_calculate_baseline_RSM, get_or_calculate_RSM
 __all__ = [
     "SimilarityModel", "default_layers",
     "BaseSimilarity", "CollectingSimilarity", "CKA", "DeltaCKA", "RSA", "Procrustes", "CCA", "SemanticCKA",
+    "LayerSimilarity", "list_measures", "describe_measure",
     "SimilarityResult",
     "perm_inv_semantic_sim", "semantic_sim_parallel", "similarity_calculation",
     "get_or_calculate_RSM", "get_or_calculate_baseline_RSM",

@@ -47,13 +47,12 @@ from tqdm.auto import tqdm
 
 from simtorch_semantic.distributed import barrier, pair_sharding, rank
 from simtorch_semantic.results import atomic_write_bytes
-from simtorch_semantic.functional.matching import check_exact_feasible
+from simtorch_semantic.functional.matching import check_exact_feasible, resolve_n_workers
 from simtorch_semantic.functional.semantic import (
     _as_nsc,
     _check_kernels,
     _check_matching,
     _kernels_from_ip,
-    _n_workers,
     _semantic_ip,
     _sq_dists,
     median_sigma,
@@ -145,6 +144,14 @@ def _raw_bytes(x):
 
 def _check_writable(out_dir):
     out = Path(out_dir)
+    for path in (out, *out.parents):  # the cache path itself, or a folder above it, is a file
+        if path.exists():
+            if not path.is_dir():
+                where = "is a file" if path == out else f"lies under {str(path)!r}, which is a file"
+                raise NotADirectoryError(
+                    f"out_dir {str(out)!r} {where}, not a directory; pass a directory for the "
+                    "RSM cache (it is created if missing)")
+            break
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -262,7 +269,7 @@ def _get_or_calculate(kind, out_dir, representations, batch_size, kernel, matchi
     kernels, was_list = _check_kernels(kernel)
     if kind == "semantic":
         _check_matching(matching)
-        n_workers = _n_workers(n_workers)
+        n_workers = resolve_n_workers(n_workers)
     if batch_size is not None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
@@ -324,18 +331,20 @@ def _get_or_calculate(kind, out_dir, representations, batch_size, kernel, matchi
     return {layer: per_kernel[kernels[0]] for layer, per_kernel in results.items()}
 
 
-def get_or_calculate_RSM(out_dir, representations, batch_size=None, kernel="ip",
+def get_or_calculate_RSM(out_dir, representations, batch_size=None, kernel="linear",
                          matching="auto", n_workers=None, progress=True, layout="auto",
                          **matching_options):
     """Permutation-invariant (semantic) RSM of every layer, loaded from or stored in a cache.
 
     Args:
-        out_dir: cache directory (created if missing; must be writable -- checked first).
+        out_dir: cache directory (created if missing; must be writable -- checked first:
+            ``NotADirectoryError`` when it or a folder above it is a file, ``PermissionError``
+            when it cannot be written).
         representations: dict ``layer -> (n, c, h, w) / (n, t, d)`` tensor, array or path (.pt,
             .npy), or a list of them (layers "0", "1", ...). See the module docstring.
         batch_size: None for the full ``N x N`` RSM; an int for one RSM per consecutive block
             of ``batch_size`` samples (module docstring).
-        kernel: "ip", "cosine", "rbf" or a list of them.
+        kernel: "linear" (old name "ip"), "cosine", "rbf" or a list of them.
         matching: "auto" (default: exact scipy for small S, a certified auction above, by the
             calibrated cost model ``functional.matching.choose_solver``) or a solver of
             ``functional.matching.SOLVERS``; ``**matching_options`` (e.g. ``rel_tol=`` for the
@@ -352,7 +361,7 @@ def get_or_calculate_RSM(out_dir, representations, batch_size=None, kernel="ip",
                              matching, n_workers, progress, layout, matching_options)
 
 
-def get_or_calculate_baseline_RSM(out_dir, representations, batch_size=None, kernel="ip",
+def get_or_calculate_baseline_RSM(out_dir, representations, batch_size=None, kernel="linear",
                                   progress=True, layout="auto"):
     """Spatio-semantic baseline RSM (no permutation) of every layer, with the same cache.
 

@@ -64,7 +64,7 @@ def test_blocks_are_diagonal_blocks_with_one_bandwidth(tmp_path):
         np.fill_diagonal(d2, 0)
         d2_blocks.append(d2)
         d2_all += [d2[i, j] for i in range(e - s) for j in range(i + 1, e - s)]
-    sigma2 = np.median([v for v in d2_all if v > 0])
+    sigma2 = np.median(np.sqrt([v for v in d2_all if v > 0])) ** 2  # median non-zero distance
     for bi, d2 in enumerate(d2_blocks):
         np.testing.assert_allclose(blocks["rbf"][bi], np.exp(-d2 / (2 * sigma2)), rtol=1e-10)
     base = get_or_calculate_baseline_RSM(tmp_path, r, batch_size=3, progress=False)["conv"]
@@ -166,7 +166,7 @@ def test_not_writable_out_dir_fails_before_computing(tmp_path, monkeypatch):
     monkeypatch.setattr(rsm_mod, "_layer_rsms", boom)
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    with pytest.raises(PermissionError, match="cannot be created.*writable directory"):
+    with pytest.raises(NotADirectoryError, match="a_file', which is a file.*pass a directory"):
         get_or_calculate_RSM(blocker / "sub", reps(), progress=False)
     # the write probe failing (what a read-only directory does to a non-root user)
     real_mkstemp = rsm_mod.tempfile.mkstemp
@@ -178,6 +178,22 @@ def test_not_writable_out_dir_fails_before_computing(tmp_path, monkeypatch):
     with pytest.raises(PermissionError, match="is not writable.*writable directory"):
         get_or_calculate_baseline_RSM(tmp_path, reps(), progress=False)
     monkeypatch.setattr(rsm_mod.tempfile, "mkstemp", real_mkstemp)
+
+
+def test_out_dir_that_is_a_file_says_so(tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("computed although the cache path is a file")
+
+    monkeypatch.setattr(rsm_mod, "_layer_rsms", boom)
+    blocker = tmp_path / "cache.pt"
+    blocker.write_bytes(b"not a directory")
+    for fn in (get_or_calculate_RSM, get_or_calculate_baseline_RSM):
+        with pytest.raises(NotADirectoryError, match=r"cache\.pt' is a file, not a directory; "
+                           "pass a directory"):
+            fn(blocker, reps(), progress=False)
+        with pytest.raises(NotADirectoryError, match=r"cache\.pt', which is a file"):
+            fn(blocker / "a" / "b", reps(), progress=False)
+    assert blocker.read_bytes() == b"not a directory"
 
 
 def test_read_only_out_dir_with_chmod(tmp_path):
@@ -204,7 +220,7 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="batch_size must be None"):
         get_or_calculate_RSM(tmp_path, r, batch_size=0, progress=False)
     with pytest.raises(ValueError, match="unknown kernel"):
-        get_or_calculate_RSM(tmp_path, r, kernel="linear", progress=False)
+        get_or_calculate_RSM(tmp_path, r, kernel="poly", progress=False)
     with pytest.raises(ValueError, match="unknown matching"):
         get_or_calculate_RSM(tmp_path, r, matching="auction9", progress=False)
     with pytest.raises(ValueError, match="unknown layout"):

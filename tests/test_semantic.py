@@ -47,7 +47,8 @@ def ref_kernels(ip, nx2, ny2, symmetric):
                 d2[i, j] = 0.0
     vals = [d2[i, j] for i in range(n) for j in range(m) if (not symmetric or i < j)]
     vals = [v for v in vals if v > 1e-12 * 1e3]
-    sigma2 = np.median(vals) if vals else 1.0
+    # the package's one bandwidth rule: sigma = median of the non-zero distances
+    sigma2 = np.median(np.sqrt(vals)) ** 2 if vals else 1.0
     return {"ip": ip, "cosine": cos, "rbf": np.exp(-d2 / (2 * sigma2))}
 
 
@@ -237,7 +238,7 @@ def test_rbf_sigma_is_whole_set_median_and_explicit_sigma():
     x = relu_feats(7, 4, 6, seed=13)
     ip = semantic_sim_parallel(x, progress=False)
     d2 = np.diag(ip)[:, None] + np.diag(ip)[None, :] - 2 * ip
-    sigma2 = np.median(d2[np.triu_indices(7, 1)])
+    sigma2 = np.median(np.sqrt(d2[np.triu_indices(7, 1)])) ** 2
     got = semantic_sim_parallel(x, kernel="rbf", progress=False)
     np.testing.assert_allclose(got, np.exp(-np.maximum(d2, 0) / (2 * sigma2)), rtol=1e-10,
                                atol=1e-14)
@@ -309,8 +310,11 @@ def test_rejects_infeasible_exact_before_computing():
 
 def test_rejects_unknown_names():
     x = relu_feats(3, 2, 4)
-    with pytest.raises(ValueError, match=r"unknown kernel 'linear'.*\['ip', 'cosine', 'rbf'\]"):
-        semantic_sim_parallel(x, kernel="linear", progress=False)
+    with pytest.raises(ValueError, match=r"unknown kernel 'poly'.*\['linear', 'cosine', 'rbf'\]"):
+        semantic_sim_parallel(x, kernel="poly", progress=False)
+    with pytest.warns(DeprecationWarning, match="old name of kernel 'linear'"):
+        old = semantic_sim_parallel(x, kernel="ip", progress=False)
+    np.testing.assert_array_equal(old, semantic_sim_parallel(x, kernel="linear", progress=False))
     with pytest.raises(ValueError, match="unknown kernel"):
         similarity_calculation(x, kernel=["ip", "gauss"])
     with pytest.raises(ValueError, match=r"unknown matching.*'hungarian'.*'exact'"):
@@ -321,7 +325,7 @@ def test_rejects_unknown_names():
         semantic_sim_parallel(x, layout="nhwc", progress=False)
     with pytest.raises(ValueError, match="n_workers"):
         semantic_sim_parallel(x, n_workers=0, progress=False)
-    assert list(KERNELS) == ALL
+    assert list(KERNELS) == ["linear", "cosine", "rbf"]  # "ip" is the deprecated name of "linear"
 
 
 def test_rbf_pair_needs_sigma():

@@ -133,7 +133,7 @@ def test_measure_matches_plain_reference(data):
     np.testing.assert_allclose(res.matrix, want, rtol=1e-9)
     assert res.measure == "semantic_cka" and res.n_samples == N
     assert res.row_layers == m1.layers and res.col_layers == m2.layers
-    assert res.params["kernel"] == "ip" and res.params["matching"] == "auto"
+    assert res.params["kernel"] == "linear" and res.params["matching"] == "auto"  # "ip" renamed
     assert res.params["baseline"] is False and res.params["psd"] is None
 
 
@@ -232,8 +232,8 @@ def test_constant_layer_gives_nan_and_note():
 def test_bad_arguments(data):
     _, loader = data
     m = SimilarityModel(convnet(1), model_name="A")
-    with pytest.raises(ValueError, match=r"unknown kernel 'linear'.*\['ip', 'cosine', 'rbf'\]"):
-        SemanticCKA(m, m, kernel="linear")
+    with pytest.raises(ValueError, match=r"unknown kernel 'poly'.*\['linear', 'cosine', 'rbf'\]"):
+        SemanticCKA(m, m, kernel="poly")
     with pytest.raises(ValueError, match="unknown matching.*'hungarian'.*'exact'"):
         SemanticCKA(m, m, matching="hungarian")
     with pytest.raises(ValueError, match="psd must be None"):

@@ -115,7 +115,7 @@ def test_add_state_bad_arguments():
 # ------------------------------------------------------------------ front doors and forms
 def test_front_doors_return_the_forms():
     s1, s2 = pair()
-    forms = [(CKA(s1, s2), StreamingCKA), (CKA(s1, s2, "linear", "full"), FullCKA),
+    forms = [(CKA(s1, s2), StreamingCKA), (CKA(s1, s2, kernel="linear", estimator="full"), FullCKA),
              (CKA(s1, s2, estimator="full"), FullCKA), (DeltaCKA(s1, s2), StreamingDeltaCKA),
              (DeltaCKA(s1, s2, estimator="full"), FullDeltaCKA), (FullCKA(s1, s2), FullCKA)]
     for measure, form in forms:

@@ -11,12 +11,22 @@ forward hooks, HSIC accumulation) trust their inputs.
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 import torch
 
 __all__ = ["as_matrix", "as_gram", "check_same_n", "check_finite", "check_min_samples",
-           "check_positive", "is_constant", "to_tensor"]
+           "check_positive", "is_constant", "to_tensor", "promote", "as_f64", "data_matrix",
+           "check_choice", "check_bool", "warn_constant", "DegenerateInputError"]
+
+
+class DegenerateInputError(ValueError):
+    """A representation on which a measure is undefined (all samples identical, no variance).
+
+    A ``ValueError``: functional code raises it for one pair; layer x layer code catches it per
+    layer and reports NaN for that layer's row or column with a note naming it.
+    """
 
 _FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -50,7 +60,7 @@ def to_tensor(X, name: str = "X") -> torch.Tensor:
     return T
 
 
-def _promote(T: torch.Tensor, min_dtype: torch.dtype) -> torch.Tensor:
+def promote(T: torch.Tensor, min_dtype: torch.dtype) -> torch.Tensor:
     """Cast integer/bool/half tensors up to at least ``min_dtype`` (float dtypes only go up)."""
     if T.dtype in _FLOAT_TYPES:
         target = torch.promote_types(T.dtype, min_dtype)
@@ -103,7 +113,7 @@ def as_matrix(X, name: str = "X", min_dtype: torch.dtype = torch.float32) -> tor
     T = T.reshape(n, -1)
     if T.shape[1] == 0:
         raise ValueError(f"{name} has shape {tuple(T.shape)}: each sample has zero features.")
-    T = _promote(T, min_dtype)
+    T = promote(T, min_dtype)
     check_finite(T, name)
     return T
 
@@ -121,7 +131,7 @@ def as_gram(K, name: str = "K", min_dtype: torch.dtype = torch.float64) -> torch
             f"with simtorch_semantic.functional.kernels.linear_gram(X).")
     if T.shape[0] < 2:
         raise ValueError(f"{name} is {tuple(T.shape)}; a Gram matrix needs at least 2 samples.")
-    T = _promote(T, min_dtype)
+    T = promote(T, min_dtype)
     check_finite(T, name)
     return T
 
@@ -158,3 +168,55 @@ def check_positive(value, name: str, allow_none: bool = False) -> None:
     if (not isinstance(value, numbers.Real) or isinstance(value, bool)
             or not np.isfinite(value) or value <= 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
+
+
+def as_f64(v, device=None) -> torch.Tensor:
+    """``v`` (Python number, tensor or array) as a detached float64 tensor, on ``device`` if given."""
+    if isinstance(v, (int, float)):
+        return torch.tensor(float(v), dtype=torch.float64, device=device)
+    if not isinstance(v, torch.Tensor):
+        v = to_tensor(v, "value")
+    v = v.detach().to(torch.float64)
+    return v if device is None else v.to(device)
+
+
+def data_matrix(X, name: str = "X", dtype: torch.dtype = torch.float64, device=None,
+                min_n: int = 3) -> torch.Tensor:
+    """Validate ``X [n, ...]`` with :func:`as_matrix` and return it as ``[n, d]`` in ``dtype``.
+
+    Additionally requires ``n >= min_n`` (most sample-geometry measures need 3). ``device``:
+    where to put the result (default: ``X``'s device).
+    """
+    M = as_matrix(X, name=name)
+    if M.shape[0] < min_n:
+        raise ValueError(
+            f"{name} has n={M.shape[0]} samples; at least {min_n} are needed (pass an array "
+            f"of shape [n, ...] with n >= {min_n} samples in the first dimension).")
+    dev = M.device if device is None else torch.device(device)
+    return M.to(device=dev, dtype=dtype)
+
+
+def check_choice(value, valid, what: str, where: str) -> str:
+    """Map ``value`` case-insensitively onto one of ``valid`` or raise a ``ValueError`` that names
+    ``where`` (the function or class), ``what`` (the option) and the valid values."""
+    if isinstance(value, str):
+        for v in valid:
+            if isinstance(v, str) and value.lower() == v.lower():
+                return v
+    raise ValueError(
+        f"{where}: unknown {what} {value!r}; valid {what}s are "
+        + ", ".join(repr(v) for v in valid) + ".")
+
+
+def check_bool(value, name: str, where: str) -> bool:
+    """Return ``value`` as a bool; raise ``ValueError`` naming ``where`` unless it is True/False."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{where}: {name} must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def warn_constant(name: str, n: int, what: str = "CKA", stacklevel: int = 4) -> None:
+    """The one warning for a constant representation whose measure ``what`` is returned as NaN."""
+    warnings.warn(
+        f"{name} is constant (all {n} samples are identical): {what} is undefined and returned "
+        f"as NaN.", RuntimeWarning, stacklevel=stacklevel)

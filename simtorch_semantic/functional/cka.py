@@ -30,24 +30,23 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
+from typing import Sequence
 
+import numpy as np
 import torch
 
-from ._validation import (as_gram, as_matrix, check_min_samples, check_positive, check_same_n,
-                          is_constant, to_tensor)
-from .hsic import hsic_biased, hsic_unbiased
+from ._validation import (as_f64, as_gram, as_matrix, check_min_samples, check_positive,
+                          check_same_n, is_constant, warn_constant)
+from .hsic import HSICStack, hsic_biased, hsic_cross, hsic_prepare, hsic_self, hsic_unbiased
 from .kernels import center_gram, linear_gram, rbf_gram
 
-__all__ = ["linear_cka", "rbf_cka", "cka_from_grams", "cka_from_hsic"]
+__all__ = ["linear_cka", "rbf_cka", "cka_from_grams", "cka_from_hsic", "CKA_KERNELS",
+           "PreparedGram", "cka_prepare", "cka_prepare_gram", "cka_score", "cka_score_all_pairs"]
 
+#: kernel names of the CKA family (``"ip"`` is accepted with a warning as the old name of linear)
+CKA_KERNELS = ("linear", "rbf")
 
-def _as_f64(v, device=None) -> torch.Tensor:
-    if isinstance(v, (int, float)):
-        return torch.tensor(float(v), dtype=torch.float64, device=device)
-    if not isinstance(v, torch.Tensor):
-        v = to_tensor(v, "value")
-    v = v.detach().to(torch.float64)
-    return v if device is None else v.to(device)
 
 
 def cka_from_hsic(xy, xx, yy) -> torch.Tensor:
@@ -59,9 +58,9 @@ def cka_from_hsic(xy, xx, yy) -> torch.Tensor:
     on few samples can also be negative) the result is NaN; the caller should warn, naming the
     layer. No host synchronisation.
     """
-    xy = _as_f64(xy)
-    xx = _as_f64(xx, xy.device)
-    yy = _as_f64(yy, xy.device)
+    xy = as_f64(xy)
+    xx = as_f64(xx, xy.device)
+    yy = as_f64(yy, xy.device)
     if xy.dim() == 2 and xx.dim() == 1 and yy.dim() == 1:
         xx, yy = xx[:, None], yy[None, :]
     valid = (xx > 0) & (yy > 0)
@@ -70,10 +69,8 @@ def cka_from_hsic(xy, xx, yy) -> torch.Tensor:
     return torch.where(valid, out, torch.full_like(out, math.nan))
 
 
-def _warn_constant(name: str, n: int, stacklevel: int = 4) -> None:
-    warnings.warn(
-        f"{name} is constant (all {n} samples are identical): its self-HSIC is 0, so CKA is "
-        f"undefined and returned as NaN.", RuntimeWarning, stacklevel=stacklevel)
+def _warn_constant(name: str, n: int, stacklevel: int = 5) -> None:
+    warn_constant(name, n, "CKA (its self-HSIC is 0)", stacklevel=stacklevel)
 
 
 def _finish(xy, xx, yy, names=("X", "Y")) -> float:
@@ -197,3 +194,133 @@ def cka_from_grams(K, L, unbiased: bool = False) -> float:
     if const:
         return math.nan
     return _finish(*_hsic_terms(K, L, unbiased), names=("K", "L"))
+
+
+# ------------------------------------------------------------------------ prepare / score protocol
+#: bytes of flattened Grams concatenated at once by :func:`cka_score_all_pairs` (per side)
+_BLOCK_BYTES = 2**29
+
+
+@dataclass
+class PreparedGram:
+    """One representation prepared for CKA: its Gram as a one-element :class:`HSICStack`, its
+    HSIC with itself (0-d float64) and whether it is constant (CKA with it is NaN)."""
+
+    stack: HSICStack
+    self_hsic: torch.Tensor
+    constant: bool
+
+    @property
+    def n(self) -> int:
+        return self.stack.n
+
+
+def check_kernel(kernel, where: str) -> str:
+    """Canonical CKA kernel name; ``"ip"`` (the old name of ``"linear"``) is accepted with a
+    ``DeprecationWarning``."""
+    if kernel == "ip":
+        warnings.warn(f"{where}: kernel='ip' is the old name of kernel='linear'; use 'linear'.",
+                      DeprecationWarning, stacklevel=3)
+        return "linear"
+    if kernel not in CKA_KERNELS:
+        raise ValueError(f"{where}: kernel must be one of {list(CKA_KERNELS)}, got {kernel!r}.")
+    return kernel
+
+
+def cka_prepare_gram(K, unbiased: bool = False, name: str = "K") -> PreparedGram:
+    """Prepare a Gram matrix ``K [n, n]`` (any kernel; need not be centred) once for CKA.
+
+    Returns a :class:`PreparedGram`; a Gram that is constant after centring is flagged (its CKA
+    is NaN) with one ``RuntimeWarning`` naming ``name``.
+    """
+    K = as_gram(K, name)
+    check_min_samples(K.shape[0], unbiased, "the unbiased CKA estimator")
+    Kc = center_gram(K)
+    constant = bool(Kc.abs().max() <= 1e-12 * K.abs().max())
+    if constant:
+        warn_constant(name, K.shape[0], "CKA (its centred Gram is 0)", stacklevel=3)
+    P = hsic_prepare(K[None], unbiased)
+    return PreparedGram(P, hsic_self(P)[0], constant)
+
+
+def cka_prepare(X, kernel: str = "linear", unbiased: bool = False, sigma_frac: float = 0.8,
+                sigma=None, name: str = "X") -> PreparedGram:
+    r"""Prepare one representation ``X [n, ...]`` for CKA: its Gram, centred (biased HSIC) or with
+    zeroed diagonal and row sums (unbiased, ``n >= 4``), in float64.
+
+    ``kernel``: ``"linear"`` (:math:`X_c X_c^\top`) or ``"rbf"`` (bandwidth ``sigma_frac`` x the
+    median distance of this ``X``, or a fixed ``sigma``). A constant ``X`` is flagged (CKA NaN)
+    with one ``RuntimeWarning``. Score pairs with :func:`cka_score` / :func:`cka_score_all_pairs`:
+    ``cka_score(cka_prepare(X), cka_prepare(Y)) == linear_cka(X, Y)``.
+    """
+    kernel = check_kernel(kernel, "cka_prepare")
+    check_positive(sigma_frac, "sigma_frac")
+    check_positive(sigma, "sigma", allow_none=True)
+    X = as_matrix(X, name, min_dtype=torch.float64)
+    n = X.shape[0]
+    check_min_samples(n, unbiased, "the unbiased CKA estimator")
+    constant = is_constant(X)
+    if constant:
+        warn_constant(name, n, "CKA (its self-HSIC is 0)", stacklevel=3)
+    K = linear_gram(X) if kernel == "linear" else rbf_gram(X, sigma=sigma, sigma_frac=sigma_frac)
+    P = hsic_prepare(K[None], unbiased)
+    return PreparedGram(P, hsic_self(P)[0], constant)
+
+
+def _check_prepared(ps, name: str) -> list:
+    ps = list(ps)
+    if not ps or not all(isinstance(p, PreparedGram) for p in ps):
+        raise TypeError(f"{name} must be a non-empty sequence of PreparedGram (from cka_prepare).")
+    return ps
+
+
+def cka_score(px: PreparedGram, py: PreparedGram) -> float:
+    """CKA of two prepared representations (:func:`cka_prepare`) of the same ``n`` samples.
+
+    NaN when either is constant (warned once at prepare time).
+    """
+    return float(cka_score_all_pairs([px], [py])[0, 0])
+
+
+def _flat_blocks(ps: Sequence[PreparedGram]):
+    """Consecutive index ranges of ``ps`` whose flattened Grams fit in ``_BLOCK_BYTES``."""
+    per = max(1, ps[0].stack.flat.numel() * 8)
+    step = max(1, _BLOCK_BYTES // per)
+    return [(s, min(len(ps), s + step)) for s in range(0, len(ps), step)]
+
+
+def cka_score_all_pairs(pxs: Sequence[PreparedGram], pys: Sequence[PreparedGram]) -> np.ndarray:
+    """``[a, b]`` CKA of every prepared representation in ``pxs`` with every one in ``pys``.
+
+    All pairs come from ``[a, n*n] @ [n*n, b]`` products of the prepared Grams, concatenated in
+    blocks of at most ``2**29`` bytes per side, so the memory beyond the prepared Grams stays
+    bounded; float64 NumPy, NaN for constant representations.
+    """
+    pxs, pys = _check_prepared(pxs, "pxs"), _check_prepared(pys, "pys")
+    n, unbiased = pxs[0].n, pxs[0].stack.unbiased
+    for p in pxs + pys:
+        if p.n != n or p.stack.unbiased != unbiased:
+            raise ValueError(
+                f"all prepared representations must hold the same n={n} samples and the same "
+                f"estimator (unbiased={unbiased}); got n={p.n}, unbiased={p.stack.unbiased}.")
+    dev = pxs[0].stack.flat.device
+    xy = torch.empty(len(pxs), len(pys), dtype=torch.float64, device=dev)
+
+    def cat(ps):
+        parts = [p.stack for p in ps]
+        return HSICStack(torch.cat([q.flat.to(dev) for q in parts]),
+                         None if not unbiased else torch.cat([q.rows.to(dev) for q in parts]),
+                         None if not unbiased else torch.cat([q.totals.to(dev) for q in parts]),
+                         n, unbiased)
+
+    for a0, a1 in _flat_blocks(pxs):
+        A = cat(pxs[a0:a1])
+        for b0, b1 in _flat_blocks(pys):
+            xy[a0:a1, b0:b1] = hsic_cross(A, cat(pys[b0:b1]))
+    xx = torch.stack([p.self_hsic.to(dev) for p in pxs])
+    yy = torch.stack([p.self_hsic.to(dev) for p in pys])
+    out = cka_from_hsic(xy, xx, yy)
+    cx = torch.tensor([p.constant for p in pxs], device=dev)
+    cy = torch.tensor([p.constant for p in pys], device=dev)
+    out = torch.where(cx[:, None] | cy[None, :], torch.full_like(out, math.nan), out)
+    return out.cpu().numpy().astype(np.float64)

@@ -40,10 +40,10 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from ._validation import (as_matrix, check_min_samples, check_positive, check_same_n,
-                          is_constant, to_tensor)
-from .cka import _as_f64, _warn_constant, cka_from_hsic
-from .hsic import _check_stacks, _cross, _prep_stack, _self, _stack, hsic_biased, hsic_unbiased
+from ._validation import (as_f64, as_matrix, check_min_samples, check_positive, check_same_n,
+                          is_constant, to_tensor, warn_constant)
+from .cka import cka_from_hsic
+from .hsic import check_gram_stacks, gram_stack, hsic_biased, hsic_cross, hsic_prepare, hsic_self, hsic_unbiased
 from .kernels import center_gram, linear_gram, rbf_gram
 
 __all__ = ["dcka", "deconfound_gram", "dcka_from_hsic", "dcka_hsic_terms", "DeconfoundedHSIC"]
@@ -77,17 +77,16 @@ def dcka_hsic_terms(Ks, Ls, KZ, unbiased: bool = True) -> DeconfoundedHSIC:
     loop, no host sync); sum these over minibatches (unbiased estimator) and pass the sum to
     :func:`dcka_from_hsic`.
     """
-    K = _stack(Ks, "Ks")
-    L = _stack(Ls, "Ls")
+    K = gram_stack(Ks, "Ks")
+    L = gram_stack(Ls, "Ls")
     KZ = KZ if isinstance(KZ, torch.Tensor) else to_tensor(KZ, "KZ")
-    Z = _stack(KZ[None] if KZ.dim() == 2 else KZ, "KZ")
-    n = _check_stacks(K, L, unbiased)
-    _check_stacks(K, Z, unbiased)
-    P, Q, R = (_prep_stack(T, unbiased) for T in (K, L, Z))
+    Z = gram_stack(KZ[None] if KZ.dim() == 2 else KZ, "KZ")
+    check_gram_stacks(K, L)
+    check_gram_stacks(K, Z)
+    P, Q, R = (hsic_prepare(T, unbiased) for T in (K, L, Z))
     return DeconfoundedHSIC(
-        xy=_cross(P, Q, n, unbiased), xx=_self(P, n, unbiased), yy=_self(Q, n, unbiased),
-        xz=_cross(P, R, n, unbiased)[:, 0], yz=_cross(Q, R, n, unbiased)[:, 0],
-        zz=_self(R, n, unbiased)[0])
+        xy=hsic_cross(P, Q), xx=hsic_self(P), yy=hsic_self(Q),
+        xz=hsic_cross(P, R)[:, 0], yz=hsic_cross(Q, R)[:, 0], zz=hsic_self(R)[0])
 
 
 def dcka_from_hsic(h) -> torch.Tensor:
@@ -109,8 +108,8 @@ def dcka_from_hsic(h) -> torch.Tensor:
             raise TypeError(
                 "h must be a DeconfoundedHSIC or a mapping with keys 'xy', 'xx', 'yy', 'xz', "
                 f"'yz', 'zz' (missing {exc}).") from exc
-    xy = _as_f64(t["xy"])
-    xx, yy, xz, yz, zz = (_as_f64(t[k], xy.device) for k in ("xx", "yy", "xz", "yz", "zz"))
+    xy = as_f64(t["xy"])
+    xx, yy, xz, yz, zz = (as_f64(t[k], xy.device) for k in ("xx", "yy", "xz", "yz", "zz"))
     outer = xy.dim() == 2 and xz.dim() == 1 and yz.dim() == 1
     zz_safe = torch.where(zz > 0, zz, torch.ones_like(zz))
     rxy = xy - (xz[:, None] * yz[None, :] if outer else xz * yz) / zz_safe
@@ -131,8 +130,8 @@ def deconfound_gram(K, KZ, remove_negative_eig: bool = False,
     clipped to 0). Returns a float64 ``[n, n]`` centred matrix. A constant confounder
     (``HSIC(K_Z, K_Z) = 0``) gives NaN; :func:`dcka` raises a clear error for it instead.
     """
-    K = _as_f64(K)
-    KZ = _as_f64(KZ, K.device)
+    K = as_f64(K)
+    KZ = as_f64(KZ, K.device)
     h = hsic_unbiased if unbiased else hsic_biased
     zz = h(KZ, KZ)
     alpha = h(K, KZ) / torch.where(zz > 0, zz, torch.full_like(zz, math.nan))
@@ -171,7 +170,7 @@ def dcka(X, Y, Z, kernel: str = "linear", unbiased: bool = False,
     const = False
     for name, T in (("X", X), ("Y", Y)):
         if is_constant(T):
-            _warn_constant(name, n, stacklevel=3)
+            warn_constant(name, n, "dCKA", stacklevel=3)
             const = True
     if const:
         return math.nan

@@ -25,6 +25,7 @@ products on flattened ``[a, n*n]`` / ``[b, n*n]`` matrices, in float64, without 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -32,7 +33,8 @@ import torch
 from ._validation import check_min_samples, to_tensor
 from .kernels import center_gram
 
-__all__ = ["hsic_biased", "hsic_unbiased", "hsic_all_pairs"]
+__all__ = ["hsic_biased", "hsic_unbiased", "hsic_all_pairs", "HSICStack", "gram_stack",
+           "hsic_prepare", "hsic_cross", "hsic_self", "check_gram_stacks"]
 
 
 def _f64(K) -> torch.Tensor:
@@ -41,8 +43,11 @@ def _f64(K) -> torch.Tensor:
     return K.detach().to(torch.float64)
 
 
-def _stack(Ks, name: str) -> torch.Tensor:
-    """``[a, n, n]`` tensor (or a sequence of ``[n, n]`` Grams) -> float64 ``[a, n, n]``."""
+def gram_stack(Ks, name: str = "Ks") -> torch.Tensor:
+    """``[a, n, n]`` tensor (or a sequence of ``[n, n]`` Grams) -> float64 ``[a, n, n]``.
+
+    Raises ``ValueError`` naming ``name`` unless the input is a stack of square matrices.
+    """
     if not isinstance(Ks, torch.Tensor):
         if isinstance(Ks, Sequence) and len(Ks) > 0 and isinstance(Ks[0], torch.Tensor):
             Ks = torch.stack([k.detach() for k in Ks])
@@ -92,61 +97,99 @@ def hsic_unbiased(K, L) -> torch.Tensor:
     return (tr + total - cross) / float(n * (n - 3))
 
 
-def _prep_stack(K: torch.Tensor, unbiased: bool):
-    """Per-Gram quantities for :func:`_cross`: flattened Grams, row sums and totals (float64)."""
+@dataclass
+class HSICStack:
+    """``a`` Gram matrices of ``n`` samples prepared for HSIC with any other stack.
+
+    ``flat [a, n*n]``: the centred Grams (biased) or the Grams with zeroed diagonals (unbiased),
+    flattened; ``rows [a, n]`` and ``totals [a]``: row sums and totals of the zero-diagonal
+    Grams (unbiased only, else None); float64, on the Grams' device.
+    """
+
+    flat: torch.Tensor
+    rows: torch.Tensor | None
+    totals: torch.Tensor | None
+    n: int
+    unbiased: bool
+
+    def __len__(self) -> int:
+        return int(self.flat.shape[0])
+
+
+def hsic_prepare(Ks, unbiased: bool = False) -> HSICStack:
+    r"""Prepare Grams ``Ks [a, n, n]`` (or a sequence of ``[n, n]``) once for :func:`hsic_cross`.
+
+    Biased: :math:`\operatorname{vec}(H K H)`; unbiased (``n >= 4``): :math:`\operatorname{vec}
+    (\tilde K)`, row sums and total of the zero-diagonal Gram. Returns an :class:`HSICStack`.
+    """
+    K = gram_stack(Ks, "Ks")
     n = K.shape[-1]
+    check_min_samples(n, unbiased)
     if unbiased:
         eye = torch.eye(n, dtype=torch.bool, device=K.device)
         K = K.masked_fill(eye, 0.0)
         r = K.sum(dim=-1)                               # [a, n]
-        return K.reshape(K.shape[0], -1), r, r.sum(dim=-1)
-    return center_gram(K).reshape(K.shape[0], -1), None, None
+        return HSICStack(K.reshape(K.shape[0], -1), r, r.sum(dim=-1), n, True)
+    return HSICStack(center_gram(K).reshape(K.shape[0], -1), None, None, n, False)
 
 
-def _cross(P, Q, n: int, unbiased: bool) -> torch.Tensor:
-    """``[a, b]`` HSIC between prepared stacks ``P`` and ``Q`` (see :func:`_prep_stack`)."""
-    if unbiased:
-        c1 = 1.0 / float((n - 1) * (n - 2))
-        c2 = 2.0 / float(n - 2)
-        return (P[0] @ Q[0].T + c1 * P[2][:, None] * Q[2][None, :]
-                - c2 * (P[1] @ Q[1].T)) / float(n * (n - 3))
-    return (P[0] @ Q[0].T) / float((n - 1) ** 2)
+def _constants(n: int):
+    return 1.0 / float((n - 1) * (n - 2)), 2.0 / float(n - 2), float(n * (n - 3))
 
 
-def _self(P, n: int, unbiased: bool) -> torch.Tensor:
-    """``[a]`` HSIC of each prepared Gram with itself."""
-    if unbiased:
-        c1 = 1.0 / float((n - 1) * (n - 2))
-        c2 = 2.0 / float(n - 2)
-        return ((P[0] * P[0]).sum(-1) + c1 * P[2] * P[2]
-                - c2 * (P[1] * P[1]).sum(-1)) / float(n * (n - 3))
-    return (P[0] * P[0]).sum(-1) / float((n - 1) ** 2)
+def hsic_cross(P: HSICStack, Q: HSICStack) -> torch.Tensor:
+    """``[a, b]`` HSIC between every Gram of ``P`` and every Gram of ``Q`` (prepared stacks).
+
+    Biased: ``P.flat @ Q.flat.T / (n-1)^2``; unbiased: the estimator of Song et al. (2012) from
+    one ``[a, n*n] @ [n*n, b]`` product plus row-sum terms. float64, no host sync.
+    """
+    check_gram_stacks(P, Q)
+    n = P.n
+    if P.unbiased:
+        c1, c2, den = _constants(n)
+        return (P.flat @ Q.flat.T + c1 * P.totals[:, None] * Q.totals[None, :]
+                - c2 * (P.rows @ Q.rows.T)) / den
+    return (P.flat @ Q.flat.T) / float((n - 1) ** 2)
 
 
-def _check_stacks(K: torch.Tensor, L: torch.Tensor, unbiased: bool) -> int:
-    n = K.shape[-1]
-    if L.shape[-1] != n:
+def hsic_self(P: HSICStack) -> torch.Tensor:
+    """``[a]`` HSIC of each prepared Gram with itself (float64)."""
+    n = P.n
+    if P.unbiased:
+        c1, c2, den = _constants(n)
+        return ((P.flat * P.flat).sum(-1) + c1 * P.totals * P.totals
+                - c2 * (P.rows * P.rows).sum(-1)) / den
+    return (P.flat * P.flat).sum(-1) / float((n - 1) ** 2)
+
+
+def check_gram_stacks(P, Q) -> int:
+    """Check that two Gram stacks (tensors ``[a, n, n]`` or :class:`HSICStack`) share ``n`` and,
+    for prepared stacks, the estimator; return ``n``."""
+    n = P.n if isinstance(P, HSICStack) else P.shape[-1]
+    m = Q.n if isinstance(Q, HSICStack) else Q.shape[-1]
+    if m != n:
         raise ValueError(
-            f"Ks hold Grams of {n} samples but Ls of {L.shape[-1]}; both must come from the same "
+            f"Ks hold Grams of {n} samples but Ls of {m}; both must come from the same "
             f"batch of samples.")
-    check_min_samples(n, unbiased)
+    if isinstance(P, HSICStack) and isinstance(Q, HSICStack) and P.unbiased != Q.unbiased:
+        raise ValueError("both Gram stacks must be prepared with the same estimator (unbiased=).")
     return n
 
 
-def hsic_all_pairs(Ks, Ls, unbiased: bool = True):
+def hsic_all_pairs(Ks, Ls, unbiased: bool = False):
     r"""HSIC of every Gram in ``Ks [a, n, n]`` with every Gram in ``Ls [b, n, n]``, plus self terms.
 
     Returns ``(xy [a, b], xx [a], yy [b])`` float64 tensors on the inputs' device, with
     ``xy[i, j] = HSIC(Ks[i], Ls[j])``, ``xx[i] = HSIC(Ks[i], Ks[i])``, ``yy[j] = HSIC(Ls[j], Ls[j])``,
-    using the unbiased estimator of Song et al. (2012) (``unbiased=True``, needs ``n >= 4``) or the
-    biased one. Inputs may be float32 (promoted to float64 here) or sequences of ``[n, n]`` Grams.
+    using the biased estimator (default, as every CKA function) or the unbiased one of Song et al.
+    (2012) (``unbiased=True``, needs ``n >= 4``; what the minibatch CKA sums). Inputs may be float32 (promoted to float64 here) or sequences of ``[n, n]`` Grams.
     All pairs come from one ``[a, n*n] @ [n*n, b]`` product and a few small ones (with zeroed
     diagonals, row sums ``r`` and totals ``s``:
     ``xy = (K~ L~' + s_K s_L'/((n-1)(n-2)) - 2/(n-2) r_K r_L') / (n(n-3))``); nothing is copied to
     the host, so it can run inside a per-batch loop.
     """
-    K = _stack(Ks, "Ks")
-    L = _stack(Ls, "Ls")
-    n = _check_stacks(K, L, unbiased)
-    P, Q = _prep_stack(K, unbiased), _prep_stack(L, unbiased)
-    return _cross(P, Q, n, unbiased), _self(P, n, unbiased), _self(Q, n, unbiased)
+    K = gram_stack(Ks, "Ks")
+    L = gram_stack(Ls, "Ls")
+    check_gram_stacks(K, L)
+    P, Q = hsic_prepare(K, unbiased), hsic_prepare(L, unbiased)
+    return hsic_cross(P, Q), hsic_self(P), hsic_self(Q)

@@ -32,7 +32,8 @@ import torch
 
 from ._validation import to_tensor
 
-__all__ = ["linear_gram", "streaming_linear_gram", "center_gram", "sq_distances", "median_bandwidth", "rbf_gram"]
+__all__ = ["linear_gram", "streaming_linear_gram", "center_gram", "sq_distances", "median_distance",
+           "median_bandwidth", "rbf_gram"]
 
 
 def _flat(X) -> torch.Tensor:
@@ -87,16 +88,18 @@ def sq_distances(X) -> torch.Tensor:
     return D
 
 
-def median_bandwidth(sq_dists: torch.Tensor) -> torch.Tensor:
-    r"""Median of the non-zero pairwise distances :math:`\sqrt{D_{ij}}`, ``i < j``: a 0-d tensor.
+def median_distance(sq_values) -> torch.Tensor:
+    r"""The package's one RBF bandwidth rule: the median of the non-zero distances.
 
-    ``sq_dists``: squared distances ``[n, n]`` (from :func:`sq_distances`). Pairs at distance 0
-    (duplicated samples) are left out; with an even count the two middle values are averaged (as
-    ``numpy.median``). Returns 0 when all samples coincide. Stays on the device (no host sync).
+    ``sq_values``: squared distances of the pairs that count, any shape (each pair once; a
+    torch tensor or NumPy array). Values ``<= 0`` (duplicated samples) are left out; with an even
+    count the two middle *distances* are averaged (as ``numpy.median`` of the distances). Returns
+    a 0-d tensor, 0 when no distance is positive. Stays on the device (no host sync). Used by
+    :func:`median_bandwidth` (CKA, dCKA), the semantic RSMs and the overlay's RBF maps.
     """
-    n = sq_dists.shape[-1]
-    iu = torch.triu_indices(n, n, offset=1, device=sq_dists.device)
-    v = sq_dists[iu[0], iu[1]].clamp_min(0.0).sqrt()
+    if not isinstance(sq_values, torch.Tensor):
+        sq_values = to_tensor(sq_values, "sq_values")
+    v = sq_values.reshape(-1).clamp_min(0.0).sqrt()
     if v.numel() == 0:
         return v.new_zeros(())
     v, _ = torch.sort(v)
@@ -106,7 +109,18 @@ def median_bandwidth(sq_dists: torch.Tensor) -> torch.Tensor:
     lo = zeros + torch.div(nonzero - 1, 2, rounding_mode="floor")
     hi = zeros + torch.div(nonzero, 2, rounding_mode="floor")
     idx = torch.stack([lo, hi]).clamp(0, m - 1)
-    return v.index_select(0, idx).mean()
+    return torch.where(nonzero > 0, v.index_select(0, idx).mean(), v.new_zeros(()))
+
+
+def median_bandwidth(sq_dists: torch.Tensor) -> torch.Tensor:
+    r"""Median of the non-zero pairwise distances :math:`\sqrt{D_{ij}}`, ``i < j``: a 0-d tensor.
+
+    ``sq_dists``: squared distances ``[n, n]`` (from :func:`sq_distances`); the rule is
+    :func:`median_distance` over the upper triangle. Returns 0 when all samples coincide.
+    """
+    n = sq_dists.shape[-1]
+    iu = torch.triu_indices(n, n, offset=1, device=sq_dists.device)
+    return median_distance(sq_dists[iu[0], iu[1]])
 
 
 def rbf_gram(X, sigma=None, sigma_frac: float = 0.8) -> torch.Tensor:

@@ -95,6 +95,9 @@ __all__ = [
     "solve_assignment",
     "assignment_objective",
     "estimate_exact_seconds",
+    "resolve_n_workers",
+    "solve_auction",
+    "format_seconds",
     "check_exact_feasible",
 ]
 
@@ -165,7 +168,7 @@ def _check_method(method):
         )
 
 
-def _n_workers(n_workers):
+def resolve_n_workers(n_workers):
     """Threads to use: ``n_workers``, or the CPUs this process may run on when None."""
     if n_workers is None:
         return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -173,6 +176,15 @@ def _n_workers(n_workers):
     if not isinstance(n_workers, (int, np.integer)) or isinstance(n_workers, bool) or n_workers < 1:
         raise ValueError(f"n_workers must be a positive integer or None, got {n_workers!r}")
     return int(n_workers)
+
+
+_n_workers = resolve_n_workers
+
+
+def solve_auction(a, **options):
+    """One maximising assignment of affinity ``a [S, S]`` by the auction (see ``_solve_auction``
+    for the options); the public name other modules use."""
+    return _solve_auction(a, **options)
 
 
 def _map_batch(fn, a, n_workers):
@@ -966,3 +978,7 @@ def check_exact_feasible(S, n_pairs, max_seconds=3600.0, n_workers=None):
             "guarantee), or fewer samples, or a coarser layer (smaller S)"
         )
     return est
+
+
+#: the public names of helpers other modules use
+format_seconds = _fmt_seconds

@@ -24,13 +24,15 @@ When ``p > n`` the data are first replaced by an ``[n, <= n]`` matrix with the s
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
+import numpy as np
 import torch
 
-from simtorch_semantic.functional._validation import check_same_n
-from simtorch_semantic.functional.rsa import _data_matrix
+from simtorch_semantic.functional._validation import DegenerateInputError, check_same_n, data_matrix
 
-__all__ = ["procrustes_disparity", "procrustes_angular", "procrustes_nuclear_norm"]
+__all__ = ["procrustes_disparity", "procrustes_angular", "procrustes_nuclear_norm",
+           "procrustes_prepare", "procrustes_score", "procrustes_score_all_pairs"]
 
 
 def _normalized(X: torch.Tensor, name: str) -> torch.Tensor:
@@ -38,7 +40,7 @@ def _normalized(X: torch.Tensor, name: str) -> torch.Tensor:
     Xc = X - X.mean(dim=0, keepdim=True)
     norm = torch.linalg.matrix_norm(Xc)
     if not bool(norm > 0):
-        raise ValueError(
+        raise DegenerateInputError(
             f"{name} has all samples identical (zero variance after centring), so its shape is "
             "undefined for Procrustes; pass activations that differ between samples."
         )
@@ -77,8 +79,8 @@ def _chord2(Xn: torch.Tensor, Yn: torch.Tensor) -> torch.Tensor:
 
 
 def _prepare(X, Y):
-    X = _data_matrix(X, "X")
-    Y = _data_matrix(Y, "Y", device=X.device)
+    X = data_matrix(X, "X")
+    Y = data_matrix(Y, "Y", device=X.device)
     check_same_n(X, Y)
     return _normalized(X, "X"), _normalized(Y, "Y")
 
@@ -123,3 +125,64 @@ def _disparity_from_chord2(c2: torch.Tensor) -> torch.Tensor:
 
 def _angle_from_chord2(c2: torch.Tensor) -> torch.Tensor:
     return 2.0 * torch.asin((0.5 * c2.sqrt()).clamp(0.0, 1.0)).clamp(max=math.pi / 2)
+
+
+# ------------------------------------------------------------------------ prepare / score protocol
+def procrustes_prepare(X, name: str = "X") -> torch.Tensor:
+    """Prepare ``X [n, ...]`` (n >= 3) once: centred, unit Frobenius norm, width reduced to at
+    most ``n`` (same Gram matrix): float64 ``[n, <= n]``.
+
+    Raises :class:`~simtorch_semantic.functional._validation.DegenerateInputError` (a
+    ``ValueError``) when every sample is identical.
+    """
+    return _normalized(data_matrix(X, name), name)
+
+
+def procrustes_score(px: torch.Tensor, py: torch.Tensor, angular: bool = False) -> float:
+    """Procrustes disparity (or, with ``angular``, the angular shape distance) of two prepared
+    representations (:func:`procrustes_prepare`) of the same samples."""
+    check_same_n(px, py)
+    c2 = _chord2(px, py.to(px.device))
+    return float(_angle_from_chord2(c2) if angular else _disparity_from_chord2(c2))
+
+
+#: bytes of ``[rows, p, p]`` cross-products formed at once by procrustes_score_all_pairs
+_PAIR_BLOCK_BYTES = 2**28
+
+
+def procrustes_score_all_pairs(pxs: Sequence[torch.Tensor], pys: Sequence[torch.Tensor],
+                               angular: bool = False) -> np.ndarray:
+    """``[a, b]`` Procrustes distances of every prepared representation in ``pxs`` with every one
+    in ``pys`` (:func:`procrustes_prepare`, same ``n``).
+
+    Every prepared matrix is zero-padded to the common width ``p`` (which changes no singular
+    value), the cross-products ``Xn_i^T Yn_j`` of a block of pairs come from one batched product
+    and their nuclear norms from one batched ``svdvals``; pairs whose shapes nearly coincide
+    (``2 - 2 rho < 1e-4``) are recomputed at the optimal rotation for full precision, as
+    :func:`procrustes_score` does. float64 NumPy.
+    """
+    pxs, pys = list(pxs), list(pys)
+    if not pxs or not pys:
+        raise ValueError("procrustes_score_all_pairs: pxs and pys must be non-empty.")
+    dev = pxs[0].device
+    n = pxs[0].shape[0]
+    for P in pxs + pys:
+        if P.dim() != 2 or P.shape[0] != n:
+            raise ValueError(
+                f"procrustes_score_all_pairs: every prepared matrix must be [n, p] with n={n} "
+                f"(from procrustes_prepare of the same samples), got {tuple(P.shape)}.")
+    p = max(P.shape[1] for P in pxs + pys)
+    A = torch.stack([torch.nn.functional.pad(P.to(dev, torch.float64), (0, p - P.shape[1])) for P in pxs])
+    B = torch.stack([torch.nn.functional.pad(P.to(dev, torch.float64), (0, p - P.shape[1])) for P in pys])
+    c2 = torch.empty(len(pxs), len(pys), dtype=torch.float64, device=dev)
+    step = max(1, _PAIR_BLOCK_BYTES // max(1, len(pys) * p * p * 8))
+    for s in range(0, len(pxs), step):
+        e = min(len(pxs), s + step)
+        M = torch.einsum("anp,bnq->abpq", A[s:e], B)           # [e - s, b, p, p]
+        c2[s:e] = 2.0 - 2.0 * torch.linalg.svdvals(M).sum(-1)
+    close = (c2 < _PRECISE_BELOW).nonzero().tolist()
+    for i, j in close:  # nearly identical shapes: the residual at the optimal rotation
+        c2[i, j] = _chord2(pxs[i].to(dev, torch.float64), pys[j].to(dev, torch.float64))
+    c2 = c2.clamp(0.0, 2.0)
+    out = _angle_from_chord2(c2) if angular else _disparity_from_chord2(c2)
+    return out.cpu().numpy().astype(np.float64)

@@ -18,14 +18,28 @@ The protocol of a measure (shapes: ``X [n, ...]`` torch tensor or NumPy array, o
   lists of prepared representations at once, where the math batches.
 
 A measure without ``prepare``/``score`` is scored pair by pair with ``fn``.
+
+Options. ``options`` holds every option of the measure with its default; a call merges the
+user's options over the defaults (:func:`resolve_options`, which rejects unknown names) and each
+callable receives the options its signature names (:func:`call_with_options`; a ``**kwargs``
+callable receives all of them), so ``prepare`` can take ``metric`` while ``score`` takes
+``method``. ``invariances``, ``value_range`` and ``identical_value`` describe the measure with its
+default options.
+
+Inputs. ``fn``/``prepare`` receive one representation as ``[m, d]`` after the shared spatial
+policy (:mod:`simtorch_semantic.functional.spatial`), except measures with ``spatial_input=True``
+(they receive ``[n, ...]`` as stored, e.g. semantic CKA, which matches positions) and
+``inputs="outputs"`` measures (model outputs ``[n, classes]``, passed as given).
 """
 from __future__ import annotations
 
 import difflib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-__all__ = ["INVARIANCES", "MeasureSpec", "register", "get_measure", "list_measures", "describe_measure"]
+__all__ = ["INVARIANCES", "MeasureSpec", "register", "get_measure", "list_measures", "describe_measure",
+           "resolve_options", "call_with_options"]
 
 #: The invariances a measure may declare (transformations T with m(T X, Y) == m(X, Y)).
 INVARIANCES = ("permutation", "orthogonal", "isotropic_scaling", "translation", "invertible_linear")
@@ -69,6 +83,12 @@ class MeasureSpec:
         The split protocol described in the module docstring.
     description : str
         One line for listings.
+    spatial_input : bool
+        The measure needs the spatial/token axes itself (receives ``[n, ...]`` as stored; the
+        spatial policy is not applied). Default False.
+    paired : bool
+        ``X`` and ``Y`` must hold the same samples in the same order (default True; False for
+        measures of two distributions, such as IMD, which accept ``X [n, ...]`` and ``Y [m, ...]``).
     """
 
     name: str
@@ -89,6 +109,8 @@ class MeasureSpec:
     score: Callable[..., float] | None = None
     score_all_pairs: Callable[..., Any] | None = None
     description: str = ""
+    spatial_input: bool = False
+    paired: bool = True
 
     def __post_init__(self):
         unknown = set(self.invariances) - set(INVARIANCES)
@@ -116,7 +138,11 @@ class MeasureSpec:
             "equal_widths": self.equal_widths,
             "streaming": self.streaming,
             "inputs": self.inputs,
+            "spatial_input": self.spatial_input,
+            "paired": self.paired,
             "options": dict(self.options),
+            "prepare_score": self.prepare is not None,
+            "all_pairs": self.score_all_pairs is not None,
         }
 
 
@@ -171,3 +197,29 @@ def list_measures() -> list[str]:
 def describe_measure(name: str) -> dict:
     """The properties of measure ``name`` as a dict (see :class:`MeasureSpec`)."""
     return get_measure(name).describe()
+
+
+def resolve_options(spec: MeasureSpec, options: dict) -> dict:
+    """The defaults of ``spec.options`` overridden by ``options``; unknown names raise a
+    ``ValueError`` that lists the measure's options."""
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        valid = ", ".join(f"{k}={v!r}" for k, v in spec.options.items()) or "none"
+        raise ValueError(
+            f"measure {spec.name!r} has no option(s) {', '.join(repr(u) for u in unknown)}; its "
+            f"options (with defaults) are: {valid}. See describe_measure({spec.name!r}).")
+    merged = dict(spec.options)
+    merged.update(options)
+    return merged
+
+
+def call_with_options(f: Callable, *args, options: dict):
+    """Call ``f(*args, **o)`` where ``o`` holds the entries of ``options`` that ``f``'s signature
+    names (all of them when ``f`` takes ``**kwargs``)."""
+    try:
+        params = inspect.signature(f).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return f(*args, **options)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return f(*args, **options)
+    return f(*args, **{k: v for k, v in options.items() if k in params})

@@ -16,7 +16,10 @@ Metrics (``x_i`` is row ``i`` of ``X`` flattened to ``d`` features)::
 Every metric is evaluated as a squared Euclidean distance of a transformed matrix ``Z`` with the
 centred Gram trick: ``Zc = Z - mean over samples`` (which leaves distances unchanged but protects
 precision), ``D_ij = g_i + g_j - 2 <zc_i, zc_j>`` with ``g_i = ||zc_i||^2``, clamped at 0, with an
-exactly zero diagonal and exact symmetry. Rows are processed in blocks of ``chunk_size`` and only
+exactly zero diagonal and exact symmetry. Where the trick cancels catastrophically
+(``D_ij <= sqrt(eps) (g_i + g_j)``: duplicates and near-duplicates) the entry is recomputed
+directly as ``sum((z_i - z_j)^2)``, so identical samples are exactly 0 apart in every metric and
+close ones keep their digits. Rows are processed in blocks of ``chunk_size`` and only
 the upper block triangle is multiplied, so the temporary memory is ``chunk_size x n``.
 
 Undefined entries: a constant pattern has no Pearson correlation with anything, and an all-zero
@@ -41,13 +44,15 @@ and column means that double-centring removes, so they can differ noticeably fro
 """
 from __future__ import annotations
 
+import math
 import warnings
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from simtorch_semantic.functional._validation import as_matrix
+from simtorch_semantic.functional._validation import check_choice, check_same_n, data_matrix
 
 __all__ = [
     "RDM_METRICS",
@@ -57,6 +62,13 @@ __all__ = [
     "compare_rdms_all_pairs",
     "double_center",
     "upper_triangle",
+    "rdm_vectors",
+    "rdm_similarities",
+    "PreparedRDM",
+    "rsa_prepare",
+    "rsa_score",
+    "rsa_score_all_pairs",
+    "rsa",
 ]
 
 RDM_METRICS = ("pearson", "L2", "L2squared", "L2_normalize", "L2squared_normalize", "cosine")
@@ -67,33 +79,9 @@ _AUTO_BLOCK_ELEMENTS = 2**25
 
 
 # --------------------------------------------------------------------------- helpers (shared)
-def _data_matrix(X, name: str, dtype=torch.float64, device=None, min_n: int = 3) -> torch.Tensor:
-    """Validate ``X`` ``[n, ...]`` and return it as ``[n, d]`` in ``dtype`` on ``device``.
-
-    Uses ``_validation.as_matrix`` (1-D input, NaN/Inf, n < 2) and additionally requires
-    ``n >= min_n``.
-    """
-    M = as_matrix(X, name=name)
-    if M.shape[0] < min_n:
-        raise ValueError(
-            f"{name} has n={M.shape[0]} samples; at least {min_n} are needed (pass an array "
-            f"of shape [n, ...] with n >= {min_n} samples in the first dimension)."
-        )
-    dev = M.device if device is None else torch.device(device)
-    return M.to(device=dev, dtype=dtype)
-
-
-def _canonical(value: str, valid: Sequence[str], what: str, func: str) -> str:
-    """Map ``value`` case-insensitively onto one of ``valid`` or raise listing the valid ones."""
-    if isinstance(value, str):
-        for v in valid:
-            if value.lower() == v.lower():
-                return v
-    raise ValueError(
-        f"{func}: unknown {what} {value!r}; valid {what}s are "
-        + ", ".join(repr(v) for v in valid)
-        + "."
-    )
+# the shared validation vocabulary (functional/_validation.py) under this module's short names
+_data_matrix = data_matrix
+_canonical = check_choice
 
 
 def _row_list(rows: torch.Tensor, limit: int = 10) -> str:
@@ -188,6 +176,10 @@ def _squared_distances(Z: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
         # product stays large enough to run at full BLAS speed
         chunk_size = max(1, min(n, _AUTO_BLOCK_ELEMENTS // n, max(512, -(-n // 4))))
     out = torch.empty((n, n), dtype=Z.dtype, device=Z.device)
+    # Gram-trick entries below tau * (g_i + g_j) have lost more than half of their digits to
+    # cancellation (relative error ~ eps (g_i + g_j) / D_ij); they are recomputed directly.
+    tau = torch.finfo(Z.dtype).eps ** 0.5
+    screen = tau * 2.0 * g.max()  # no entry above this can need it (0-dim tensor, no sync)
     for s in range(0, n, chunk_size):
         e = min(n, s + chunk_size)
         blk = Zc[s:e] @ Zc[s:].T  # [e - s, n - s]
@@ -196,10 +188,38 @@ def _squared_distances(Z: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
         c = e - s
         diag_blk = blk[:, :c]
         diag_blk.copy_((diag_blk + diag_blk.T) * 0.5)
+        _refine_close_pairs(blk, Z, g, s, c, tau, screen, chunk_size)
         diag_blk.fill_diagonal_(0.0)
         out[s:e, s:] = blk
         out[e:, s:e] = blk[:, c:].T
     return out
+
+
+def _refine_close_pairs(blk: torch.Tensor, Z: torch.Tensor, g: torch.Tensor, s: int, c: int,
+                        tau: float, screen: torch.Tensor, chunk_size: int) -> None:
+    """Recompute, in place, the entries of one block that the Gram trick cannot resolve.
+
+    ``blk [c, n - s]`` holds rows ``s .. s + c`` against columns ``s .. n`` of the squared
+    distances; an off-diagonal entry with ``D_ij <= tau (g_i + g_j)`` (near or exact duplicates)
+    is replaced by ``sum((z_i - z_j)^2)`` evaluated directly: exactly 0 for identical rows,
+    accurate for close ones, and symmetric because ``(a - b)^2 == (b - a)^2`` in floating point.
+    The common case (no such pair) costs one ``amin`` over the block: entries above
+    ``screen = 2 tau max(g)`` cannot qualify. Candidates are then filtered pair by pair and
+    recomputed in slices of at most ``chunk_size`` pairs. The diagonal of the block's first
+    ``c`` columns is left as +inf (the caller zeroes it).
+    """
+    blk[:, :c].fill_diagonal_(float("inf"))
+    if not bool(blk.amin() <= screen):
+        return
+    idx = (blk <= screen).nonzero()
+    r, k = idx[:, 0], idx[:, 1]
+    keep = blk[r, k] <= tau * (g[s + r] + g[s + k])
+    r, k = r[keep], k[keep]
+    step = max(1, min(chunk_size, _AUTO_BLOCK_ELEMENTS // max(1, Z.shape[1])))
+    for t in range(0, r.shape[0], step):
+        rr, kk = r[t:t + step], k[t:t + step]
+        diff = Z[s + rr] - Z[s + kk]
+        blk[rr, kk] = (diff * diff).sum(dim=1)
 
 
 # --------------------------------------------------------------------------- comparison
@@ -323,13 +343,14 @@ def _vector_similarities(V1: torch.Tensor, V2: torch.Tensor, method: str, progre
     return S.clamp(-1.0, 1.0).cpu().numpy().astype(np.float64)
 
 
-def compare_rdms(A, B, method: str = "cosine", center: bool = False) -> float:
+def compare_rdms(A, B, method: str = "pearson", center: bool = False) -> float:
     """Similarity of two RDMs ``[n, n]`` over the same ``n`` samples.
 
     Args:
         A, B: RDMs ``[n, n]`` (torch or NumPy), e.g. from :func:`rdm`; n >= 3, no NaN.
-        method: ``"cosine"``, ``"pearson"``, ``"spearman"`` (Pearson of average ranks) or
-            ``"kendall"`` (tau-b, ``scipy.stats.kendalltau``).
+        method: ``"pearson"`` (default, as everywhere in the package), ``"cosine"``,
+            ``"spearman"`` (Pearson of average ranks) or ``"kendall"`` (tau-b,
+            ``scipy.stats.kendalltau``).
         center: ``False`` compares the upper triangles ``A[i, j], i < j`` (classic RSA).
             ``True`` double-centres both full matrices (``H A H``, ``H B H``) and compares all
             ``n*n`` entries, diagonal included; with ``method="cosine"`` and squared Euclidean
@@ -352,7 +373,7 @@ def compare_rdms(A, B, method: str = "cosine", center: bool = False) -> float:
 
 
 def compare_rdms_all_pairs(
-    As: Sequence, Bs: Sequence, method: str = "cosine", center: bool = False, progress: bool = False
+    As: Sequence, Bs: Sequence, method: str = "pearson", center: bool = False, progress: bool = False
 ) -> np.ndarray:
     """``[a, b]`` matrix of :func:`compare_rdms` between every RDM in ``As`` and every RDM in ``Bs``.
 
@@ -374,3 +395,120 @@ def compare_rdms_all_pairs(
     V1 = _rdm_vectors([R.to(dev) for R in As], bool(center))
     V2 = _rdm_vectors([R.to(dev) for R in Bs], bool(center))
     return _vector_similarities(V1, V2, method, progress=progress)
+
+
+# --------------------------------------------------------------------------- prepare / score
+def rdm_vectors(Rs: Sequence, center: bool = False) -> torch.Tensor:
+    """The entries :func:`compare_rdms` compares, one row per RDM: ``[k, n(n-1)/2]`` (upper
+    triangles, row-major) or, with ``center``, ``[k, n*n]`` (double-centred full matrices); float64.
+
+    ``Rs``: a sequence of square ``[n, n]`` matrices (NaN entries are kept).
+    """
+    Rs = [R if isinstance(R, torch.Tensor) else torch.as_tensor(np.asarray(R)) for R in Rs]
+    return _rdm_vectors([R.to(torch.float64) for R in Rs], bool(center))
+
+
+def rdm_similarities(V1: torch.Tensor, V2: torch.Tensor, method: str = "pearson",
+                     progress: bool = False) -> np.ndarray:
+    """``[k1, k2]`` similarities between rows of RDM vectors ``V1 [k1, m]`` and ``V2 [k2, m]``
+    (from :func:`rdm_vectors`) with ``method`` (cosine, pearson, spearman: one matrix product;
+    kendall: one tau-b per pair). float64 NumPy; NaN rows give NaN."""
+    method = check_choice(method, COMPARE_METHODS, "method", "rdm_similarities")
+    return _vector_similarities(V1, V2, method, progress=progress)
+
+
+@dataclass
+class PreparedRDM:
+    """One representation prepared for RSA: ``vector [m]`` float64 is the compared RDM entries
+    already transformed for ``method`` (unit norm for cosine; centred and unit norm for pearson;
+    ranks, centred and unit norm for spearman; raw for kendall), so a pair is one dot product.
+    ``defined`` is False when the RDM has NaN entries or no variation (every score is NaN)."""
+
+    vector: torch.Tensor
+    method: str
+    defined: bool
+
+
+def _method_vector(v: torch.Tensor, method: str) -> torch.Tensor:
+    if method == "kendall":
+        return v
+    if method == "spearman":
+        v = _ranks(v[None])[0]
+    if method in ("pearson", "spearman"):
+        v = v - v.mean()
+    norm = torch.linalg.vector_norm(v)
+    return v / norm if bool(norm > 0) else torch.full_like(v, math.nan)
+
+
+def rsa_prepare(X, metric: str = "pearson", method: str = "pearson", center: bool = False,
+                dtype: torch.dtype = torch.float64, chunk_size: int | None = None,
+                device=None, name: str = "X") -> PreparedRDM:
+    """Prepare one representation ``X [n, ...]`` (n >= 3) for RSA, once.
+
+    Builds ``rdm(X, metric)``, keeps the entries :func:`compare_rdms` compares (upper triangle,
+    or the double-centred full matrix with ``center``) and transforms them for ``method`` (see
+    :class:`PreparedRDM`). An RDM without variation (e.g. all samples identical) gets one
+    ``RuntimeWarning`` and NaN scores; NaN RDM rows (constant patterns under ``"pearson"``)
+    are warned about by :func:`rdm` and give NaN scores as well.
+    """
+    metric = check_choice(metric, RDM_METRICS, "metric", "rsa_prepare")
+    method = check_choice(method, COMPARE_METHODS, "method", "rsa_prepare")
+    if not isinstance(center, (bool, np.bool_)):
+        raise ValueError(f"rsa_prepare: center must be True or False, got {center!r}.")
+    R = rdm(X, metric, dtype=dtype, chunk_size=chunk_size, device=device)
+    v = _rdm_vectors([R.to(torch.float64)], bool(center))[0]
+    del R
+    finite = bool(torch.isfinite(v).all())
+    spread = v.amax() - v.amin() if finite else None
+    defined = finite and bool(spread > 0)
+    if finite and not defined:
+        warnings.warn(
+            f"rsa: the RDM of {name} has all compared entries equal (e.g. every sample "
+            f"identical); its RSA similarity is undefined and returned as NaN.",
+            RuntimeWarning, stacklevel=2)
+    if not defined:
+        v = torch.full_like(v, math.nan)
+    return PreparedRDM(_method_vector(v, method) if defined else v, method, defined)
+
+
+def rsa_score_all_pairs(pxs: Sequence[PreparedRDM], pys: Sequence[PreparedRDM],
+                        progress: bool = False) -> np.ndarray:
+    """``[a, b]`` RSA similarities of every prepared representation in ``pxs`` with every one in
+    ``pys`` (same ``n``, metric, method, center): one ``[a, m] @ [m, b]`` product (kendall: one
+    tau-b per pair, with a progress bar). float64 NumPy, NaN for undefined RDMs."""
+    pxs, pys = list(pxs), list(pys)
+    if not pxs or not pys or not all(isinstance(p, PreparedRDM) for p in pxs + pys):
+        raise TypeError("pxs and pys must be non-empty sequences of PreparedRDM (from rsa_prepare).")
+    methods = {p.method for p in pxs + pys}
+    sizes = {p.vector.numel() for p in pxs + pys}
+    if len(methods) != 1 or len(sizes) != 1:
+        raise ValueError(
+            "rsa_score_all_pairs: every prepared RDM must come from the same number of samples and "
+            f"the same method/center; got methods {sorted(methods)}, vector sizes {sorted(sizes)}.")
+    method = methods.pop()
+    dev = pxs[0].vector.device
+    V1 = torch.stack([p.vector.to(dev) for p in pxs])
+    V2 = torch.stack([p.vector.to(dev) for p in pys])
+    if method == "kendall":
+        return _vector_similarities(V1, V2, method, progress=progress)
+    return (V1 @ V2.T).clamp(-1.0, 1.0).cpu().numpy().astype(np.float64)
+
+
+def rsa_score(px: PreparedRDM, py: PreparedRDM) -> float:
+    """RSA similarity of two prepared representations (:func:`rsa_prepare`)."""
+    return float(rsa_score_all_pairs([px], [py])[0, 0])
+
+
+def rsa(X, Y, metric: str = "pearson", method: str = "pearson", center: bool = False) -> float:
+    """RSA of ``X [n, ...]`` and ``Y [n, ...]``: ``compare_rdms(rdm(X, metric), rdm(Y, metric),
+    method, center)`` in [-1, 1], higher is more similar (Kriegeskorte et al. 2008).
+
+    Unlike :func:`compare_rdms`, undefined RDMs (NaN rows, no variation) give NaN with a
+    ``RuntimeWarning`` instead of an error.
+    """
+    X = data_matrix(X, "X")
+    Y = data_matrix(Y, "Y", device=X.device)
+    check_same_n(X, Y)
+    px = rsa_prepare(X, metric, method, center, name="X")
+    py = rsa_prepare(Y, metric, method, center, name="Y")
+    return rsa_score(px, py)

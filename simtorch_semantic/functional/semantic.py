@@ -11,17 +11,19 @@ compared after the permutation of positions that maximises their inner product
 which is a linear assignment problem on the affinity ``A = V W^T`` (``S x S``), solved by
 :func:`simtorch_semantic.functional.matching.solve_assignment`. From the aligned pair:
 
-``"ip"``       ``ip(V, W)`` (inner product of the aligned, flattened representations);
+``"linear"``   ``ip(V, W)`` (inner product of the aligned, flattened representations; ``"ip"``, its
+               old name, is accepted with a ``DeprecationWarning``);
 ``"cosine"``   ``ip(V, W) / (||V||_F ||W||_F)`` (the Frobenius norms do not depend on the
                permutation; ``0`` when either norm is ``0``);
 ``"rbf"``      ``exp(-d^2 / (2 sigma^2))`` with ``d^2 = ||V||_F^2 + ||W||_F^2 - 2 ip(V, W)``, the
                squared distance of the aligned pair (clipped at 0).
 
 RBF bandwidth (``semantic_sim_parallel`` and ``similarity_calculation``, unless ``sigma`` is
-given): ``sigma^2 = median`` of the **non-zero** squared distances ``d^2`` over the whole RSM —
+given): ``sigma = median`` of the **non-zero** distances ``d`` over the whole RSM (the package's
+one bandwidth rule, ``kernels.median_distance``) —
 over all pairs ``i < j`` when ``y`` is None (the N x N case; the diagonal and its mirror add
 nothing), over all ``N x M`` pairs otherwise — computed once after every pair is done, never per
-chunk of pairs. ``np.median`` is used (mean of the two middle values for an even count); a
+chunk of pairs. With an even count the two middle distances are averaged; a
 ``d^2 <= 1e-12 * (||V||^2 + ||W||^2)`` counts as zero (rounding of identical samples). With no
 non-zero distance at all every entry is ``1`` and ``sigma = 1`` is used. The original code used
 ``sqrt(lower median) + 1e-3``; we drop the scale-dependent offset.
@@ -53,12 +55,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from simtorch_semantic.functional._validation import _promote, to_tensor
+from simtorch_semantic.functional._validation import promote, to_tensor
 from simtorch_semantic.distributed import fill_pairs, share
 from simtorch_semantic.functional.matching import (
     MATCHINGS,
-    _n_workers,
-    _solve_auction,
+    resolve_n_workers,
+    solve_auction,
     batched_auction,
     check_exact_feasible,
     choose_solver,
@@ -79,8 +81,10 @@ __all__ = [
     "available_bytes",
 ]
 
-KERNELS = ("ip", "cosine", "rbf")
-LAYOUTS = ("ncs", "nsc")
+KERNELS = ("linear", "cosine", "rbf")  # "ip": the old name of "linear", accepted with a warning
+# "auto": 4-D (n, c, h, w), 3-D (n, t, d) tokens -- the default of SemanticCKA, rsm.py and the
+# registry; the seed functions here keep their default "ncs" (3-D read as (n, c, s))
+LAYOUTS = ("auto", "ncs", "nsc")
 
 # pairs per torch.bmm chunk is bounded by this many bytes of affinity matrices
 _CHUNK_BYTES = 32 * 2**20
@@ -105,6 +109,12 @@ def _check_kernels(kernel):
     else:
         kernels, was_list = [kernel], False
     for k in kernels:
+        if k == "ip":
+            import warnings
+
+            warnings.warn("kernel 'ip' is the old name of kernel 'linear' (the inner product); use "
+                          "'linear'.", DeprecationWarning, stacklevel=3)
+            continue
         if k not in KERNELS:
             raise ValueError(
                 f"unknown kernel {k!r}; valid kernels are {list(KERNELS)} (or a list of them)"
@@ -135,7 +145,7 @@ def _check_sigma(sigma):
 
 def _as_tensor(x, name):
     """``x`` as a detached tensor in float32 or float64 (ints, bool, half promoted to float32)."""
-    return _promote(to_tensor(x, name), torch.float32)
+    return promote(to_tensor(x, name), torch.float32)
 
 
 def _check_finite(t, name):
@@ -153,14 +163,17 @@ def _as_nsc(x, name, layout):
     """Validate a set of representations and return it as a tensor ``[N, S, C]``.
 
     layout "ncs": ``[N, C, S]`` or ``[N, C, H, W]``; layout "nsc": ``[N, S, C]`` (tokens) or
-    ``[N, H, W, C]`` (channels-last images).
+    ``[N, H, W, C]`` (channels-last images); layout "auto" (the default of SemanticCKA, rsm.py
+    and the registry): 4-D is "ncs", 3-D is "nsc" (tokens ``[N, T, D]``).
     """
     if layout not in LAYOUTS:
         raise ValueError(
-            f"unknown layout {layout!r}; valid layouts are 'ncs' ([N, C, S] or [N, C, H, W]) "
-            "and 'nsc' ([N, S, C] tokens or [N, H, W, C])"
+            f"unknown layout {layout!r}; valid layouts are 'auto' (4-D [N, C, H, W], 3-D [N, T, D]), "
+            "'ncs' ([N, C, S] or [N, C, H, W]) and 'nsc' ([N, S, C] tokens or [N, H, W, C])"
         )
     t = _as_tensor(x, name)
+    if layout == "auto":
+        layout = "nsc" if t.ndim == 3 else "ncs"
     if t.ndim == 2:
         raise ValueError(
             f"{name} is 2-D with shape {tuple(t.shape)}: a semantic similarity needs a spatial or "
@@ -279,7 +292,8 @@ def pool_positions(x, max_positions, layout="ncs"):
 
 
 def median_sigma(sq_dists):
-    """Median bandwidth ``sigma = sqrt(median(non-zero d^2))`` of an array of squared distances.
+    """Median bandwidth ``sigma`` = the median of the non-zero distances ``d`` (the package's one
+    rule, :func:`simtorch_semantic.functional.kernels.median_distance`) of squared distances.
 
     Args:
         sq_dists: float array of any shape, the squared distances of the pairs that count (the
@@ -288,11 +302,10 @@ def median_sigma(sq_dists):
     Returns:
         float ``sigma`` (1.0 when no distance is positive).
     """
-    d = np.asarray(sq_dists, dtype=np.float64).ravel()
-    d = d[d > 0]
-    if d.size == 0:
-        return 1.0
-    return float(np.sqrt(np.median(d)))
+    from .kernels import median_distance  # the package's one bandwidth rule
+
+    sigma = float(median_distance(np.asarray(sq_dists, dtype=np.float64)))
+    return sigma if sigma > 0 else 1.0
 
 
 def rbf_from_sq_dists(sq_dists, sigma):
@@ -315,7 +328,7 @@ def _kernels_from_ip(ip, nx2, ny2, kernels, symmetric, sigma=None):
     """
     out, used_sigma = {}, None
     for k in kernels:
-        if k == "ip":
+        if k in ("linear", "ip"):
             out[k] = ip.copy()
         elif k == "cosine":
             den = np.sqrt(nx2)[:, None] * np.sqrt(ny2)[None, :]
@@ -358,12 +371,12 @@ def _solver_options(matching, options, rn=None, cn=None):
     return opts
 
 
-def perm_inv_semantic_sim(v_i, v_j, kernel="ip", matching="auto", return_permutation=False,
+def perm_inv_semantic_sim(v_i, v_j, kernel="linear", matching="auto", return_permutation=False,
                           sigma=None, **matching_options):
     """Permutation-invariant similarity of two samples ``v_i``, ``v_j`` ``[S, C]``.
 
     Solves ``perm = argmax_pi sum_s <v_i[s], v_j[pi(s)]>`` with ``matching`` (one of
-    ``matching.SOLVERS``, or "auto": ``matching.choose_solver(S)``) and applies ``kernel`` ("ip", "cosine", "rbf" or a list of them) to
+    ``matching.SOLVERS``, or "auto": ``matching.choose_solver(S)``) and applies ``kernel`` ("linear", "cosine", "rbf" or a list of them) to
     the aligned pair (formulas in the module docstring).
 
     Args:
@@ -518,7 +531,7 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
         return ip, nx2, ny2
     if matching == "exact":
         check_exact_feasible(S, P, n_workers=n_workers)
-    workers = _n_workers(n_workers)
+    workers = resolve_n_workers(n_workers)
     itemsize = torch.empty((), dtype=dt).element_size()
     pair_bytes = S * S * itemsize
     on_cpu = xa.device.type == "cpu"
@@ -570,7 +583,7 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
             else:
                 if aff is None:
                     aff = affinity(lo, hi)
-                perm, obj, bound = _solve_auction(np.asarray(aff, dtype=np.float64),
+                perm, obj, bound = solve_auction(np.asarray(aff, dtype=np.float64),
                                                   return_bound=True, **opts)
                 cert = bound - obj <= rel_tol * np.abs(obj)
             vals = np.einsum("bsc,bsc->b", x64[ii], y64[jj[:, None], perm])
@@ -638,7 +651,7 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
     return ip, nx2, ny2
 
 
-def semantic_sim_parallel(x, y=None, kernel="ip", matching="auto", n_workers=None,
+def semantic_sim_parallel(x, y=None, kernel="linear", matching="auto", n_workers=None,
                           layout="ncs", progress=True, sigma=None, max_positions=None,
                           progress_bar=None, stats=None, **matching_options):
     """Semantic (permutation-invariant) RSM between two sets of samples.
@@ -651,18 +664,19 @@ def semantic_sim_parallel(x, y=None, kernel="ip", matching="auto", n_workers=Non
     another device one ``bmm`` per chunk runs there and the threads solve.
 
     Args:
-        x: ``[N, C, S]`` (default ``layout="ncs"``; ``[N, C, H, W]`` is flattened to
-            ``S = H*W``) or, with ``layout="nsc"``, ``[N, T, D]`` tokens (``[N, H, W, C]``
-            channels-last). Torch tensor or NumPy array, finite.
+        x: ``[N, C, S]`` (default ``layout="ncs"``, the seed code's meaning; ``[N, C, H, W]``
+            is flattened to ``S = H*W``) or, with ``layout="nsc"``, ``[N, T, D]`` tokens
+            (``[N, H, W, C]`` channels-last); ``layout="auto"`` (the default of SemanticCKA,
+            rsm.py and the registry) reads 4-D as "ncs" and 3-D as tokens. Torch tensor or NumPy array, finite.
         y: ``[M, ...]`` like ``x`` (same ``S`` and ``C``), or None for the symmetric ``N x N``
             RSM of ``x`` (upper triangle solved, diagonal by the identity, then mirrored).
-        kernel: "ip", "cosine", "rbf" or a list of them.
+        kernel: "linear" (old name "ip"), "cosine", "rbf" or a list of them.
         matching: "auto" (default: exact scipy for small S, the certified batched auction
             above, by the calibrated cost model ``matching.choose_solver``) or a solver name
             (``matching.SOLVERS``); ``**matching_options`` go to it (e.g. ``k=`` for
             "batch_optimal", ``rel_tol=`` for "batched").
         n_workers: solver threads (default: the CPUs available to this process).
-        layout: "ncs" or "nsc" (above).
+        layout: "ncs" (default), "nsc" or "auto" (above).
         progress: tqdm bar over pairs.
         sigma: RBF bandwidth; default the median heuristic over the whole RSM (module docstring).
         max_positions: None (default, full resolution) or an int: average-pool each map to at
@@ -681,7 +695,7 @@ def semantic_sim_parallel(x, y=None, kernel="ip", matching="auto", n_workers=Non
     kernels, was_list = _check_kernels(kernel)
     _check_matching(matching)
     sigma = _check_sigma(sigma)
-    workers = _n_workers(n_workers)
+    workers = resolve_n_workers(n_workers)
     max_positions = _check_max_positions(max_positions)
     if max_positions is not None:
         if layout not in LAYOUTS:
@@ -698,7 +712,7 @@ def semantic_sim_parallel(x, y=None, kernel="ip", matching="auto", n_workers=Non
     return out if was_list else out[kernels[0]]
 
 
-def similarity_calculation(x, y=None, kernel="ip", layout="ncs", sigma=None):
+def similarity_calculation(x, y=None, kernel="linear", layout="ncs", sigma=None):
     """Spatio-semantic baseline RSM (no permutation): kernels of the flattened samples.
 
     ``ip[i, j] = <vec(x_i), vec(y_j)>`` in float64, then the kernels of the module docstring
@@ -707,7 +721,7 @@ def similarity_calculation(x, y=None, kernel="ip", layout="ncs", sigma=None):
     Args:
         x: ``[N, C, S]`` / ``[N, C, H, W]`` (layout "ncs") or ``[N, T, D]`` / ``[N, H, W, C]``
             (layout "nsc"); y: the same for ``M`` samples, or None for the ``N x N`` RSM of x.
-        kernel: "ip", "cosine", "rbf" or a list of them.
+        kernel: "linear", "cosine", "rbf" or a list of them.
         sigma: RBF bandwidth (default: median heuristic).
 
     Returns:
@@ -729,3 +743,7 @@ def similarity_calculation(x, y=None, kernel="ip", layout="ncs", sigma=None):
         ip[np.diag_indices_from(ip)] = nx2
     out, _ = _kernels_from_ip(ip, nx2, ny2, kernels, ys is None, sigma)
     return out if was_list else out[kernels[0]]
+
+
+#: the public name of the max_positions check (used by SemanticCKA)
+check_max_positions = _check_max_positions

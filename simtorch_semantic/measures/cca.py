@@ -17,10 +17,9 @@ import warnings
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from ..functional.cca import CCA_VARIANTS, _basis, _check_degenerate, _check_options, _similarity_from_bases
-from ..functional.rsa import _canonical
+from ..functional._validation import DegenerateInputError, check_choice
+from ..functional.cca import CCA_VARIANTS, cca_prepare, cca_score_all_pairs, check_cca_options
 from .collect import CollectingSimilarity
 
 __all__ = ["CCA"]
@@ -56,10 +55,10 @@ class CCA(CollectingSimilarity):
     higher_is_similar = True
     memory_hint = "use fewer samples (max_batches=) or fewer layers"
 
-    def __init__(self, sim_model1, sim_model2, variant="mean_rho", epsilon=0.0, dims=None, keep=0.99,
-                 device="cpu", *, store_device="cpu", max_memory=None, input_key=None, input_fn=None, **inference):
-        self.variant = _canonical(variant, CCA_VARIANTS, "variant", "CCA")
-        _check_options(epsilon, dims, keep, "CCA")
+    def __init__(self, sim_model1, sim_model2, *, variant="mean_rho", epsilon=0.0, dims=None, keep=0.99,
+                 device="cpu", store_device="cpu", max_memory=None, input_key=None, input_fn=None, **inference):
+        self.variant = check_choice(variant, CCA_VARIANTS, "variant", "CCA")
+        check_cca_options(epsilon, dims, keep, "CCA")
         self.epsilon = float(epsilon)
         self.dims = dims
         self.keep = float(keep)
@@ -67,27 +66,30 @@ class CCA(CollectingSimilarity):
                          max_memory=max_memory, input_key=input_key, input_fn=input_fn, **inference)
 
     def _bases(self, acts: dict, model) -> list:
-        keep = self.keep if self.variant == "svcca" else None
         out = []
         for layer, act in self._layer_items(acts, model, "CCA bases"):
-            X = act.reshape(act.shape[0], -1).to(self.device, torch.float64)
+            # keep the layer's own dtype: the rank cut-off follows its precision (float32
+            # round-off is not rank); cca_prepare converts to float64 itself
+            raw = act.reshape(act.shape[0], -1).to(self.device)
+            X = raw.to(torch.float64)
             try:
-                b = _basis(X, "X", self.epsilon, self.dims, keep)
-            except ValueError:
+                b = cca_prepare(raw, self.variant, self.epsilon, self.dims, self.keep)
+            except DegenerateInputError:
                 self._note(
                     f"layer {layer!r} of {model.model_name} is constant over the samples: its "
                     f"{self.name} similarity is undefined and set to NaN"
                 )
                 out.append(None)
                 continue
-            if self.epsilon == 0 and b.rank >= b.n - 1:
+            except ValueError:
+                rank = int(torch.linalg.matrix_rank(X - X.mean(dim=0, keepdim=True)))
                 raise ValueError(
                     f"CCA: layer {layer!r} of {model.model_name} has {X.shape[1]} features and rank "
-                    f"{b.rank} = n - 1 after centring on n={b.n} samples, so every canonical "
+                    f"{rank} = n - 1 after centring on n={X.shape[0]} samples, so every canonical "
                     "correlation with it is 1. Reduce the dimension: pass dims=k (k < n - 1, keeps "
                     "the top-k principal components), use variant='svcca' (with keep < 1), ridge "
                     "epsilon > 0, or use more samples than features."
-                )
+                ) from None
             out.append(b)
         return out
 
@@ -99,21 +101,20 @@ class CCA(CollectingSimilarity):
         B1 = self._bases(acts1, self.sim_model1)
         B2 = B1 if same else self._bases(acts2, self.sim_model2)
         out = np.full((len(B1), len(B2)), np.nan)
-        forced = []
-        names1, names2 = list(acts1), list(acts2)
-        pairs = [(i, j) for i in range(len(B1)) for j in range(len(B2))]
-        # one SVD per pair (its size differs per pair); the per-layer decompositions are shared
-        for i, j in tqdm(pairs, desc=f"{self.name} pairs", unit="pair",
-                         disable=not self._progress or len(pairs) < 2):
-            if B1[i] is None or B2[j] is None:
-                continue
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                _check_degenerate(B1[i], B2[j], self.epsilon, "CCA")
-            if caught:
-                forced.append((names1[i], names2[j]))
-            out[i, j] = float(_similarity_from_bases(B1[i], B2[j], self.variant))
-        if forced:
+        rows = [i for i, b in enumerate(B1) if b is not None]
+        cols = [j for j, b in enumerate(B2) if b is not None]
+        if not rows or not cols:
+            return out
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            # all pairs at once (batched SVDs; pwcca pair by pair); bases are shared per layer
+            out[np.ix_(rows, cols)] = cca_score_all_pairs([B1[i] for i in rows], [B2[j] for j in cols],
+                                                          self.variant)
+        if any(issubclass(w.category, RuntimeWarning) for w in caught):
+            rank1 = {i: B1[i].rank for i in rows}
+            rank2 = {j: B2[j].rank for j in cols}
+            names1, names2 = list(acts1), list(acts2)
+            forced = [(names1[i], names2[j]) for i in rows for j in cols if rank1[i] + rank2[j] > n - 1]
             shown = ", ".join(f"({a!r}, {b!r})" for a, b in forced[:5])
             more = f" and {len(forced) - 5} more" if len(forced) > 5 else ""
             self._note(

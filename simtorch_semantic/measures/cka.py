@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..functional.cka import cka_from_hsic
+from ..functional.cka import check_kernel, cka_from_hsic
 from ..functional.dcka import dcka_from_hsic, dcka_hsic_terms, deconfound_gram
 from ..functional.hsic import hsic_all_pairs
 from ..functional.kernels import linear_gram, rbf_gram, streaming_linear_gram
@@ -48,7 +48,6 @@ from .collect import ActivationStore, CollectingSimilarity
 
 __all__ = ["CKA", "DeltaCKA", "StreamingCKA", "FullCKA", "StreamingDeltaCKA", "FullDeltaCKA"]
 
-_KERNELS = ("linear", "rbf")
 _ESTIMATORS = ("minibatch", "full")
 _CONSTANT = "constant over the samples (HSIC with itself is 0)"
 
@@ -65,13 +64,16 @@ class CKA(BaseSimilarity):
     ----------
     sim_model1, sim_model2 : SimilarityModel
     kernel : {"linear", "rbf"}
-        Linear CKA or Gaussian-kernel CKA (Kornblith et al. 2019).
+        Linear CKA or Gaussian-kernel CKA (Kornblith et al. 2019). ``"ip"``, the old name of
+        ``"linear"``, is accepted with a ``DeprecationWarning``.
     estimator : {"minibatch", "full"}
         See the module docstring (default ``"minibatch"``). ``minibatch`` always uses the unbiased
         HSIC. The instance returned is a :class:`StreamingCKA` or a :class:`FullCKA` (both are
         CKA).
-    unbiased : bool
-        For ``estimator="full"``: unbiased HSIC (Song et al. 2012) instead of the biased one.
+    unbiased : bool, optional
+        For ``estimator="full"``: unbiased HSIC (Song et al. 2012) instead of the biased one
+        (default, as in every CKA function). ``estimator="minibatch"`` is always unbiased:
+        ``unbiased=False`` with it raises instead of being silently ignored.
     sigma_frac : float
         RBF bandwidth as a fraction of the median pairwise distance (default 0.8).
     sigma : float, optional
@@ -98,17 +100,16 @@ class CKA(BaseSimilarity):
     def __new__(cls, *args, **kwargs):
         forms = cls.__dict__.get("_forms")
         if forms:
-            estimator = kwargs.get("estimator", args[3] if len(args) > 3 else None) or "minibatch"
+            estimator = kwargs.get("estimator") or "minibatch"
             if estimator not in _ESTIMATORS:
                 raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {estimator!r}")
             cls = forms[estimator]
         return super().__new__(cls)
 
-    def __init__(self, sim_model1, sim_model2, kernel="linear", estimator=None, unbiased=False,
-                 sigma_frac=0.8, sigma=None, device="cpu", *, store_device="cpu", max_memory=None,
+    def __init__(self, sim_model1, sim_model2, *, kernel="linear", estimator=None, unbiased=None,
+                 sigma_frac=0.8, sigma=None, device="cpu", store_device="cpu", max_memory=None,
                  input_key=None, input_fn=None, **inference):
-        if kernel not in _KERNELS:
-            raise ValueError(f"kernel must be one of {_KERNELS}, got {kernel!r}")
+        kernel = check_kernel(kernel, type(self).__name__)
         own = "minibatch" if self.streaming else "full"
         if estimator is None and type(self).__dict__.get("_forms") is None:
             estimator = own  # a form built directly, e.g. FullCKA(m1, m2)
@@ -117,8 +118,15 @@ class CKA(BaseSimilarity):
         if estimator != own:
             raise ValueError(f"{type(self).__name__} is the estimator={own!r} form; for "
                              f"estimator={estimator!r} use CKA(..., estimator={estimator!r})")
+        if unbiased is not None and not isinstance(unbiased, (bool, np.bool_)):
+            raise ValueError(f"unbiased must be True, False or None, got {unbiased!r}")
+        if estimator == "minibatch" and unbiased is not None and not unbiased:
+            raise ValueError(
+                "estimator='minibatch' sums the unbiased HSIC over batches and has no biased form; "
+                "leave unbiased unset (or True), or use estimator='full' for the biased estimator")
         self.kernel = kernel
         self.estimator = estimator
+        # the package-wide default is the biased estimator; the minibatch one is unbiased only
         self.unbiased = True if estimator == "minibatch" else bool(unbiased)
         self.sigma_frac = self._check_positive_float("sigma_frac", sigma_frac)
         self.sigma = None if sigma is None else self._check_positive_float("sigma", sigma)
@@ -270,8 +278,8 @@ class DeltaCKA(CKA):
     inference_unsupported = ("bootstrap and permutation inference is not implemented for dCKA yet "
                              "(the confounder would have to be resampled with the samples)")
 
-    def __init__(self, sim_model1, sim_model2, kernel="linear", estimator=None, unbiased=False,
-                 sigma_frac=0.8, sigma=None, device="cpu", *, confounder=None,
+    def __init__(self, sim_model1, sim_model2, *, kernel="linear", estimator=None, unbiased=None,
+                 sigma_frac=0.8, sigma=None, device="cpu", confounder=None,
                  remove_negative_eig=False, store_device="cpu", max_memory=None, input_key=None,
                  input_fn=None, **inference):
         if confounder is not None and not callable(confounder):

@@ -14,9 +14,9 @@ import math
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from ..functional.procrustes import _angle_from_chord2, _chord2, _disparity_from_chord2, _normalized
+from ..functional._validation import DegenerateInputError, check_bool
+from ..functional.procrustes import procrustes_prepare, procrustes_score_all_pairs
 from .collect import CollectingSimilarity
 
 __all__ = ["Procrustes"]
@@ -46,11 +46,9 @@ class Procrustes(CollectingSimilarity):
     higher_is_similar = False
     memory_hint = "use fewer samples (max_batches=) or fewer layers"
 
-    def __init__(self, sim_model1, sim_model2, angular=False, device="cpu", *, store_device="cpu",
+    def __init__(self, sim_model1, sim_model2, *, angular=False, device="cpu", store_device="cpu",
                  max_memory=None, input_key=None, input_fn=None, **inference):
-        if not isinstance(angular, (bool, np.bool_)):
-            raise ValueError(f"Procrustes: angular must be True or False, got {angular!r}.")
-        self.angular = bool(angular)
+        self.angular = check_bool(angular, "angular", "Procrustes")
         super().__init__(sim_model1, sim_model2, device, store_device=store_device,
                          max_memory=max_memory, input_key=input_key, input_fn=input_fn, **inference)
 
@@ -59,8 +57,8 @@ class Procrustes(CollectingSimilarity):
         for layer, act in self._layer_items(acts, model, "normalising"):
             X = act.reshape(act.shape[0], -1).to(self.device, torch.float64)
             try:
-                out.append(_normalized(X, "X"))
-            except ValueError:
+                out.append(procrustes_prepare(X))
+            except DegenerateInputError:
                 self._note(
                     f"layer {layer!r} of {model.model_name} is constant over the samples: its "
                     f"{self.name} distance is undefined and set to NaN"
@@ -78,17 +76,12 @@ class Procrustes(CollectingSimilarity):
         P1 = self._prepared(acts1, self.sim_model1)
         P2 = P1 if same else self._prepared(acts2, self.sim_model2)
         out = np.full((len(P1), len(P2)), math.nan)
-        # one SVD per pair: the per-layer work is shared, the pair work has no product form
-        pairs = [(i, j) for i in range(len(P1)) for j in range(len(P2))]
-        finish = _angle_from_chord2 if self.angular else _disparity_from_chord2
-        for i, j in tqdm(pairs, desc=f"{self.name} pairs", unit="pair",
-                         disable=not self._progress or len(pairs) < 2):
-            if P1[i] is None or P2[j] is None:
-                continue
-            if same and j < i and not math.isnan(out[j, i]):
-                out[i, j] = out[j, i]  # symmetric distance
-                continue
-            out[i, j] = float(finish(_chord2(P1[i], P2[j])))
+        rows = [i for i, P in enumerate(P1) if P is not None]
+        cols = [j for j, P in enumerate(P2) if P is not None]
+        if rows and cols:
+            # all pairs in batched products and SVDs; the per-layer work is shared
+            out[np.ix_(rows, cols)] = procrustes_score_all_pairs(
+                [P1[i] for i in rows], [P2[j] for j in cols], angular=self.angular)
         return out
 
     def _params(self) -> dict:

@@ -16,14 +16,8 @@ import warnings
 import numpy as np
 import torch
 
-from ..functional.rsa import (
-    COMPARE_METHODS,
-    RDM_METRICS,
-    _canonical,
-    _rdm_vectors,
-    _vector_similarities,
-    rdm,
-)
+from ..functional._validation import check_bool, check_choice
+from ..functional.rsa import COMPARE_METHODS, RDM_METRICS, rsa_prepare, rsa_score_all_pairs
 from .collect import CollectingSimilarity
 
 __all__ = ["RSA"]
@@ -61,14 +55,12 @@ class RSA(CollectingSimilarity):
     higher_is_similar = True
     memory_hint = "use fewer samples (max_batches=) or fewer layers"
 
-    def __init__(self, sim_model1, sim_model2, metric="pearson", method="pearson", center=False,
-                 device="cpu", *, dtype=torch.float64, chunk_size=None, store_device="cpu",
+    def __init__(self, sim_model1, sim_model2, *, metric="pearson", method="pearson", center=False,
+                 device="cpu", dtype=torch.float64, chunk_size=None, store_device="cpu",
                  max_memory=None, input_key=None, input_fn=None, **inference):
-        self.metric = _canonical(metric, RDM_METRICS, "metric", "RSA")
-        self.method = _canonical(method, COMPARE_METHODS, "method", "RSA")
-        if not isinstance(center, (bool, np.bool_)):
-            raise ValueError(f"RSA: center must be True or False, got {center!r}.")
-        self.center = bool(center)
+        self.metric = check_choice(metric, RDM_METRICS, "metric", "RSA")
+        self.method = check_choice(method, COMPARE_METHODS, "method", "RSA")
+        self.center = check_bool(center, "center", "RSA")
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"RSA: dtype must be a floating torch dtype such as torch.float64, got {dtype!r}.")
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
@@ -86,29 +78,20 @@ class RSA(CollectingSimilarity):
         self._check_result_memory((layers * per + 3 * n * n) * 8,
                                   f"one RDM vector of {per} float64 entries per layer ({layers} layers, n={n})")
 
-    def _vectors(self, acts: dict, model) -> torch.Tensor:
-        """``[L, m]`` float64 vectors of the compared RDM entries, one per layer."""
-        vectors = []
+    def _prepared(self, acts: dict, model) -> list:
+        """One :class:`~simtorch_semantic.functional.rsa.PreparedRDM` per layer (RDM built once)."""
+        out = []
         for layer, act in self._layer_items(acts, model, "RDMs"):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                R = rdm(act, self.metric, dtype=self.dtype, chunk_size=self.chunk_size,
-                        device=self.device)
+                p = rsa_prepare(act, self.metric, self.method, self.center, dtype=self.dtype,
+                                chunk_size=self.chunk_size, device=self.device,
+                                name=f"layer {layer!r}")
             for w in caught:
                 if issubclass(w.category, RuntimeWarning):
                     self._note(f"layer {layer!r} of {model.model_name}: {w.message}")
-            vectors.append(_rdm_vectors([R.to(torch.float64)], self.center)[0])
-            del R
-        V = torch.stack(vectors)
-        finite = torch.isfinite(V).all(dim=1)
-        spread = V.amax(dim=1) - V.amin(dim=1)
-        for i, layer in enumerate(acts):
-            if bool(finite[i]) and not spread[i] > 0:
-                self._note(
-                    f"layer {layer!r} of {model.model_name} has all compared RDM entries equal "
-                    f"(e.g. every sample identical): its {self.name} similarity is undefined (NaN)"
-                )
-        return V
+            out.append(p)
+        return out
 
     def _matrix_from_activations(self, acts1: dict, acts2: dict) -> np.ndarray:
         n = next(iter(acts1.values())).shape[0]
@@ -119,11 +102,11 @@ class RSA(CollectingSimilarity):
             )
         same = self._same_activations(acts1, acts2)
         self._check_rdm_memory(n, len(acts1) + (0 if same else len(acts2)))
-        V1 = self._vectors(acts1, self.sim_model1)
-        V2 = V1 if same else self._vectors(acts2, self.sim_model2)
+        P1 = self._prepared(acts1, self.sim_model1)
+        P2 = P1 if same else self._prepared(acts2, self.sim_model2)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # undefined layers are noted above
-            return _vector_similarities(V1, V2, self.method, progress=self._progress)
+            return rsa_score_all_pairs(P1, P2, progress=self._progress)
 
     def _params(self) -> dict:
         return {"metric": self.metric, "method": self.method, "center": self.center}

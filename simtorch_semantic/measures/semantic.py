@@ -59,10 +59,11 @@ from tqdm.auto import tqdm
 
 from ..functional.cka import cka_from_hsic
 from ..functional.hsic import hsic_all_pairs
-from ..functional.matching import MATCHINGS, _fmt_seconds, choose_solver, estimate_seconds
+from ..functional.matching import MATCHINGS, choose_solver, estimate_seconds
+from ..functional.matching import format_seconds as _fmt_seconds
 from ..functional.semantic import (
     KERNELS,
-    _check_max_positions,
+    check_max_positions as _check_max_positions,
     pool_positions,
     pooled_grid,
     semantic_sim_parallel,
@@ -182,7 +183,7 @@ class SemanticCKA(CollectingSimilarity):
     Parameters
     ----------
     sim_model1, sim_model2 : SimilarityModel
-    kernel : {"rbf", "ip", "cosine"}
+    kernel : {"rbf", "linear", "cosine"}  (``"ip"``, the old name of ``"linear"``, warns)
         Kernel of the aligned pair (RBF bandwidth: median heuristic over each layer's whole RSM).
     matching : str
         "auto" (default: exact scipy for small S, a certified auction above, chosen per layer by
@@ -224,10 +225,16 @@ class SemanticCKA(CollectingSimilarity):
     higher_is_similar = True
     memory_hint = "use fewer samples (max_batches=) or fewer layers"
 
-    def __init__(self, sim_model1, sim_model2, kernel="rbf", matching="auto", baseline=False,
-                 device="cpu", n_workers=None, *, unbiased=False, psd=None, layout="auto",
+    def __init__(self, sim_model1, sim_model2, *, kernel="rbf", matching="auto", baseline=False,
+                 device="cpu", n_workers=None, unbiased=False, psd=None, layout="auto",
                  store_device="cpu", max_memory=None, input_key=None, input_fn=None,
                  max_minutes=60, max_positions=None, print_plan=None, **matching_options):
+        if kernel == "ip":  # the old name of "linear"
+            import warnings
+
+            warnings.warn("SemanticCKA: kernel='ip' is the old name of kernel='linear'; use 'linear'.",
+                          DeprecationWarning, stacklevel=2)
+            kernel = "linear"
         inference = {k: matching_options.pop(k) for k in INFERENCE_OPTIONS if k in matching_options}
         if kernel not in KERNELS:
             raise ValueError(f"SemanticCKA: unknown kernel {kernel!r}; valid kernels are "
