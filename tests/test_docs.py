@@ -26,7 +26,7 @@ API_PAGES = {
     "simtorch_semantic.overlay": "overlay",
     "simtorch_semantic.distributed": "distributed",
     **{f"simtorch_semantic.functional.{m}": "catalogue"
-       for m in ("registry", "alignment", "neighbors", "rsm_measures", "statistics", "topology",
+       for m in ("registry", "protocol", "spatial", "alignment", "neighbors", "rsm_measures", "statistics", "topology",
                  "outputs")},
 }
 

@@ -94,5 +94,6 @@ def test_catalogue_and_inference_notebook_runs_offline(tmp_path, monkeypatch):
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert images                                            # heatmap with hatching, layer curve
     # a real comparison: every cell significant; no correspondence: none
+    assert "measure: procrustes_angular | higher_is_similar = False" in text
     assert "significant cells (family-wise 5%): 16 of 16" in text
     assert "significant cells (family-wise 5%): 0" in text
