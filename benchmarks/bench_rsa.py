@@ -10,6 +10,11 @@ compare         compare_rdms on two 5000 x 5000 RDMs with every method, and cent
 procrustes_cca  procrustes_angular / cca / svcca / pwcca on 5000 x 2048 vs 5000 x 1024.
 accuracy        float32 vs float64 RDM error on data whose mean is 1000x its spread; centred
                 RSA vs linear CKA at n = 2000 (the identity, in float64).
+duplicates      rdm(X, "pearson") and rdm(X, "L2") of X = 3000 x 1024 float32 without and with 10%
+                duplicated rows, against X @ X.T in float64 in the same run (the ratio is what
+                counts on a shared machine), the share of rdm's time spent screening for and
+                recomputing close pairs, and the largest RDM entry between duplicates in
+                float64 and float32 (exactly 0 is the target).
 
 Prints one JSON object; numbers go to benchmarks/RESULTS.md by hand.
 """
@@ -116,9 +121,51 @@ def bench_accuracy():
     return out
 
 
+def bench_duplicates(repeats):
+    X = data(3000, 1024, 7)
+    dup = X.clone()
+    dup[::10] = dup[1::10]  # rows 0, 10, 20, ... repeat rows 1, 11, 21, ...
+    X64 = X.double()
+    out = {"gemm_float64_s": timed(lambda: X64 @ X64.T, repeats)}
+    for name, Z in (("distinct", X), ("dup10pct", dup)):
+        for metric in ("pearson", "L2"):
+            out[f"{name}_{metric}_float64_s"] = timed(lambda: rdm(Z, metric), repeats)
+    out["distinct_pearson_ratio_to_gemm"] = round(out["distinct_pearson_float64_s"] / out["gemm_float64_s"], 2)
+    # share of rdm's time spent screening and recomputing close pairs (same run, so load cancels)
+    from simtorch_semantic.functional import rsa as rsa_module
+
+    real = rsa_module._refine_close_pairs
+    for name, Z in (("distinct", X), ("dup10pct", dup)):
+        spent = []
+
+        def timed_refine(*args, **kwargs):
+            start = time.perf_counter()
+            real(*args, **kwargs)
+            spent.append(time.perf_counter() - start)
+
+        rsa_module._refine_close_pairs = timed_refine
+        try:
+            shares = []
+            for _ in range(repeats):
+                spent.clear()
+                start = time.perf_counter()
+                rdm(Z, "pearson")
+                shares.append(sum(spent) / (time.perf_counter() - start))
+        finally:
+            rsa_module._refine_close_pairs = real
+        out[f"{name}_pearson_refine_share"] = round(statistics.median(shares), 3)
+    out["dup10pct_pearson_ratio_to_gemm"] = round(out["dup10pct_pearson_float64_s"] / out["gemm_float64_s"], 2)
+    rows, copies = torch.arange(0, 3000, 10), torch.arange(1, 3000, 10)
+    for dtype in (torch.float64, torch.float32):
+        for metric in ("L2", "L2_normalize", "cosine", "pearson"):
+            D = rdm(dup, metric, dtype=dtype)
+            out[f"max_dup_entry_{metric}_{str(dtype)[6:]}"] = float(D[rows, copies].abs().max())
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["rdm", "compare", "procrustes_cca", "accuracy", "all"], default="all")
+    parser.add_argument("--part", choices=["rdm", "compare", "procrustes_cca", "accuracy", "duplicates", "all"], default="all")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scipy", action="store_true")
     parser.add_argument("--threads", type=int, default=None,
@@ -128,12 +175,14 @@ def main():
         torch.set_num_threads(args.threads)
     result = {"load_average": os.getloadavg(), "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "torch": torch.__version__}
-    parts = ["rdm", "compare", "procrustes_cca", "accuracy"] if args.part == "all" else [args.part]
+    parts = ["rdm", "compare", "procrustes_cca", "accuracy", "duplicates"] if args.part == "all" else [args.part]
     for part in parts:
         if part == "rdm":
             result["rdm_5000x2048"] = bench_rdm(args.repeats, args.scipy)
         elif part == "compare":
             result["compare_5000"] = bench_compare(args.repeats)
+        elif part == "duplicates":
+            result["duplicates_3000x1024"] = bench_duplicates(args.repeats)
         elif part == "procrustes_cca":
             result["procrustes_cca_5000"] = bench_procrustes_cca(args.repeats)
         else:

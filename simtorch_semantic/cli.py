@@ -13,9 +13,11 @@ default, seeded by ``--seed``; ``--weights DEFAULT`` loads torchvision's pretrai
 they are in the torch hub cache or can be downloaded), wraps them in
 :class:`~simtorch_semantic.model.SimilarityModel`, feeds both the same ``--n`` samples of
 :func:`~simtorch_semantic.images.default_dataset` (the shipped photographs, or ``--images DIR``,
-augmented deterministically), computes the layer x layer matrix of ``--measure`` and writes
+augmented deterministically, in a seeded random order so that every batch is a random subset),
+computes the layer x layer matrix of ``--measure`` and writes
 ``<A>_vs_<B>_<measure>.png`` (heatmap), ``.csv`` (matrix with layer names) and ``.json``
-(matrix and metadata, reloadable with ``SimilarityResult.load``) into ``--out``.
+(matrix and metadata, reloadable with ``SimilarityResult.load``) into ``--out``. The printed
+summary and the figure title say how many distinct images the samples come from.
 
 Under ``torchrun --nproc-per-node=N -m simtorch_semantic compare ...`` every rank reads its shard of
 the samples (:func:`~simtorch_semantic.distributed.shard_loader`), the ranks combine their states,
@@ -25,8 +27,9 @@ gives each rank its local GPU (``cuda:LOCAL_RANK``). See :mod:`simtorch_semantic
 ``torchrun ... -m simtorch_semantic -- compare ...``.)
 
 Exit status: 0 on success, 2 for bad arguments (usage, unknown model / layer / measure /
-weights, unreadable images, a model that cannot run at ``--image-size``, a semantic_cka plan
-estimated above ``--max-minutes``), 1 when the comparison
+weights / ``--option`` key, too few samples for the measure, unreadable images, a model that
+cannot run at ``--image-size``, a semantic_cka plan estimated above ``--max-minutes``), 1 when
+the comparison
 itself fails, 130 when interrupted. Every error is one line on stderr, without a traceback (set
 the environment variable ``SIMTORCH_SEMANTIC_TRACEBACK=1`` to see it).
 """
@@ -47,7 +50,7 @@ __all__ = ["main", "MEASURES", "available_measures", "build_parser", "CLIError",
 PROG = "simtorch-semantic"
 
 # name -> (module, class name, fixed keyword arguments, takes --estimator, short description).
-# The first three live in the core package; the others are offered when their module imports.
+# A measure whose module fails to import is left out of the choices (available_measures).
 # CCA gets "dims": "n/10" (replaced by max(2, n // 10)): canonical correlations of layers with
 # at least n - 1 dimensions are all 1, so each layer is first reduced to its top principal
 # components.
@@ -124,9 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     measure_list = ", ".join(f"{k} ({v[4]})" for k, v in MEASURES.items())
     cmp_ = sub.add_parser(
         "compare", help="compare two torchvision models layer x layer",
-        description="Compare two torchvision image-classification models layer x layer on a "
-        "default set of real photographs (shipped, augmented to --n samples) or --images DIR, "
-        "and write a heatmap PNG plus the matrix as CSV and JSON into --out.",
+        description="Compare two torchvision image-classification models layer x layer on "
+        "real photographs (the shipped ones, or those in --images DIR) augmented to --n samples "
+        "in a seeded random order, and write a heatmap PNG plus the matrix as CSV and JSON into "
+        "--out. The output says how many distinct images the samples come from.",
         epilog="Layer selections are comma-separated exact names ('layer1.0'), glob patterns "
         "('layer?.?', 'layer4.*.conv?'; '*' also crosses dots) or module classes ('nn.Conv2d'). "
         "Model names are those of torchvision.models.list_models(module=torchvision.models). "
@@ -149,10 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="'none' (default: random initialisation, seeded by --seed), "
                       "'DEFAULT' (torchvision's pretrained weights; from the torch hub cache, or "
                       "downloaded) or a weights name such as IMAGENET1K_V1")
-    cmp_.add_argument("--n", type=_positive_int(2), default=256, metavar="N",
-                      help="number of samples (default: 256; under torchrun write --samples N: "
-                      "torchrun takes --n for one of its own options)")
-    cmp_.add_argument("--samples", dest="n", type=_positive_int(2), default=256,
+    cmp_.add_argument("--n", type=_positive_int(1), default=256, metavar="N",
+                      help="number of samples (default: 256): augmented views of the images in "
+                      "a seeded random order; at least 3, and 4 for the unbiased estimators "
+                      "(under torchrun write --samples N: torchrun takes --n for one of its own "
+                      "options)")
+    cmp_.add_argument("--samples", dest="n", type=_positive_int(1), default=256,
                       help=argparse.SUPPRESS)     # --n under torchrun
     cmp_.add_argument("--image-size", type=_positive_int(8), default=96, metavar="PX",
                       help="side of the square input images in pixels (default: 96)")
@@ -162,19 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
                       help="batch size (default: 64)")
     cmp_.add_argument("--device", default="cpu", help="torch device (default: cpu), e.g. cuda:0")
     cmp_.add_argument("--estimator", choices=("minibatch", "full"), default=None,
-                      help="CKA estimator (cka, rbf_cka, dcka): minibatch (default; flat memory) or "
-                      "full (exact, keeps all activations)")
+                      help="CKA estimator (cka, rbf_cka, dcka): minibatch (default: unbiased HSIC "
+                      "summed over batches, flat memory) or full (all N samples at once, biased "
+                      "HSIC unless --option unbiased=true; keeps all activations)")
     cmp_.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                       help="extra keyword argument of the measure class, repeatable, e.g. "
                       "--option matching=greedy (semantic_cka), --option dims=20 (cca), "
                       "--option sigma_frac=0.5 (rbf_cka); values are read as int, float, "
-                      "true/false/none or text")
+                      "true/false/none or text; an unknown KEY is refused with the valid ones")
     cmp_.add_argument("--max-minutes", type=float, default=60.0, metavar="MIN",
                       help="semantic_cka: time budget of the matching (default: 60); the plan "
                       "(per layer S, C, pairs, solver, estimated time) is printed first, and a "
                       "plan above the budget stops with the ways to shrink it")
     cmp_.add_argument("--seed", type=int, default=0,
-                      help="seed of the random weights and of the augmentations (default: 0)")
+                      help="seed of the random weights, the augmentations and the sample order "
+                      "(default: 0)")
     cmp_.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     cmp_.add_argument("--bootstrap", type=_positive_int(0), default=0, metavar="N",
                       help="bootstrap resamples for a confidence interval of every cell (default: "
@@ -245,6 +253,80 @@ def _parse_options(items: list[str]) -> list[tuple[str, object]]:
                     value = text
         parsed.append((key, value))
     return parsed
+
+
+# keyword arguments of a measure class that the CLI sets itself (not --option keys)
+_CLI_SET = ("self", "sim_model1", "sim_model2", "device", "input_key", "input_fn")
+
+
+def _option_keys(cls) -> list[str] | None:
+    """The keyword arguments ``--option`` may set on measure class ``cls``: its named ones plus
+    the inference options its ``**inference`` forwards (None: open-ended ``**kwargs``)."""
+    import inspect
+
+    from .measures.inference import INFERENCE_OPTIONS
+    params = inspect.signature(cls.__init__).parameters.values()
+    extra = [p.name for p in params if p.kind is p.VAR_KEYWORD]
+    if extra and extra != ["inference"]:
+        return None
+    named = [p.name for p in params
+             if p.name not in _CLI_SET and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return named + [k for k in INFERENCE_OPTIONS if extra and k not in named]
+
+
+def _check_option_keys(measure: str, cls, options: list[tuple[str, object]]) -> None:
+    """Refuse ``--option KEY=...`` when KEY is not a keyword argument of the measure class, or
+    when ``--measure`` itself fixes it (``kernel`` of cka / rbf_cka)."""
+    valid = _option_keys(cls)
+    if valid is None:
+        return
+    fixed = {key for key, value in MEASURES[measure][2].items() if value != "n/10"}
+    valid = [key for key in valid if key not in fixed]
+    for key, _ in options:
+        if key in fixed:
+            raise CLIError(f"--option {key}=...: --measure {measure} sets {key}="
+                           f"{MEASURES[measure][2][key]!r} itself; choose another --measure "
+                           f"(available: {', '.join(MEASURES)})")
+        if key == "estimator" and "estimator" in valid:
+            raise CLIError("--option estimator=...: use --estimator minibatch|full instead")
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=2)
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+            raise CLIError(f"--option {key}=...: --measure {measure} has no option '{key}'"
+                           f"{hint}; valid keys: {', '.join(k for k in valid if k != 'estimator')}")
+
+
+def _min_samples(measure: str, options: dict) -> tuple[int, str]:
+    """The fewest samples for which ``measure`` with ``options`` is not trivially determined."""
+    if options.get("estimator") == "minibatch" or options.get("unbiased") is True:
+        return 4, "the unbiased HSIC estimator divides by n - 3"
+    dims = options.get("dims")
+    if measure == "cca" and isinstance(dims, int) and not isinstance(dims, bool):
+        return dims + 2, (f"CCA keeps dims={dims} principal components of each layer, and with "
+                          f"n <= dims + 1 samples they span every centred direction, so every "
+                          "canonical correlation is 1")
+    return 3, ("with 2 samples every centred layer is a single direction, so every similarity "
+               "is 1 and every distance 0 whatever the models")
+
+
+def _load_images_option(folder: str):
+    """The images of ``--images DIR`` as PIL images, with errors worded for the command line."""
+    from .images import IMAGE_EXTENSIONS, load_images
+    path = Path(folder).expanduser()
+    if not path.exists():
+        raise CLIError(f"--images DIR: '{path}' does not exist; give a folder of images, or leave "
+                       "--images out to use the shipped photographs")
+    if not path.is_dir():
+        raise CLIError(f"--images DIR: '{path}' is a file; give the folder that holds the images, "
+                       "or leave --images out to use the shipped photographs")
+    try:
+        return load_images(path)
+    except FileNotFoundError:
+        raise CLIError(f"--images DIR: no image files in '{path}' (looked for "
+                       f"{', '.join(IMAGE_EXTENSIONS)}, in subfolders too); put images there, or "
+                       "leave --images out to use the shipped photographs") from None
+    except (ValueError, OSError) as err:
+        raise CLIError(f"--images DIR: {_one_line(err)}") from err
 
 
 def _parse_layers(text: str | None, option: str):
@@ -413,7 +495,11 @@ def _compare(args) -> int:
         module, cls_name, fixed, takes_estimator, _ = MEASURES[args.measure]
     options = {key: (max(2, args.n // 10) if value == "n/10" else value)
                for key, value in fixed.items()}
-    for key, value in _parse_options(args.option):
+    user_options = _parse_options(args.option)
+    measures = available_measures()
+    if args.measure in measures:
+        _check_option_keys(args.measure, measures[args.measure], user_options)
+    for key, value in user_options:
         options[key] = value
     if args.bootstrap == 1:
         raise CLIError("--bootstrap 1: an interval needs at least 2 resamples; use e.g. "
@@ -432,6 +518,11 @@ def _compare(args) -> int:
                            f"{args.measure}; leave it out")
         options["estimator"] = args.estimator
     estimator = options.get("estimator", "minibatch" if takes_estimator else None)
+    minimum, why = _min_samples(args.measure, {**options, "estimator": estimator})
+    if args.n < minimum:
+        setting = f"--measure {args.measure}" + (f" --estimator {estimator}" if estimator else "")
+        raise CLIError(f"--n {args.n}: {setting} needs at least {minimum} samples ({why}); use "
+                       f"--n {minimum} or more")
     if estimator == "minibatch" and min(args.batch_size, args.n) < 4:
         raise CLIError(f"--batch-size {args.batch_size}: the minibatch CKA estimator needs at "
                        "least 4 samples per batch; use --batch-size 4 or more (or "
@@ -454,7 +545,6 @@ def _compare(args) -> int:
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out '{out}' is a file; give a folder (it is created if missing)")
-    measures = available_measures()
     if spec is None and args.measure not in measures:
         raise CLIError(f"--measure {args.measure} needs {module}, which cannot be imported in "
                        f"this installation; available: {', '.join(measures) or 'none'}")
@@ -468,11 +558,11 @@ def _compare(args) -> int:
     from .images import default_dataset
     from .model import SimilarityModel
 
+    images = _load_images_option(args.images) if args.images else None
     try:
-        dataset = default_dataset(n=args.n, size=args.image_size, images=args.images,
-                                  seed=args.seed)
+        dataset = default_dataset(n=args.n, size=args.image_size, images=images, seed=args.seed)
     except _ERRORS as err:
-        raise CLIError(f"--images: {_one_line(err)}" if args.images else _one_line(err)) from err
+        raise CLIError(_one_line(err)) from err
 
     progress = not args.no_progress and lead
     torch.manual_seed(args.seed)                  # seeded weights (main() forks the RNG)
@@ -511,20 +601,22 @@ def _compare(args) -> int:
     # how the inputs and models were made, so that the JSON alone says how to reproduce it
     result.params["compare"] = {
         "weights": weights_a, "images": str(args.images) if args.images else "shipped photographs",
-        "image_size": args.image_size, "seed": args.seed, "batch_size": args.batch_size}
+        "image_size": args.image_size, "seed": args.seed, "batch_size": args.batch_size,
+        "distinct_images": dataset.n_distinct_images}
     if not lead:
         return 0
     init = "random init" if weights_a is None else f"weights {weights_a}"
-    title = (f"{args.measure}: {name_a} vs {name_b} ({result.n_samples} samples, "
-             f"{args.image_size} px, {init})")
+    distinct = dataset.n_distinct_images
+    samples = f"{result.n_samples} samples of {distinct} distinct images"
+    title = f"{args.measure}: {name_a} vs {name_b}\n({samples}, {args.image_size} px, {init})"
     try:
         written = _write_outputs(result, out, f"{_safe(name_a)}_vs_{_safe(name_b)}_"
                                  f"{args.measure}", title)
     except OSError as err:
         raise CLIError(f"--out '{out}': cannot write the results ({_one_line(err)})", 1) from err
     rows, cols = result.matrix.shape
-    print(f"{args.measure}: {name_a} ({rows} layers) x {name_b} ({cols} layers) over "
-          f"{result.n_samples} samples")
+    print(f"{args.measure}: {name_a} ({rows} layers) x {name_b} ({cols} layers) over {samples} "
+          "(augmented views, shuffled)")
     if result.p_value_adjusted is not None:
         significant = int(result.significant(0.05).sum())
         print(f"{significant} of {rows * cols} cells significant at family-wise p < 0.05 "

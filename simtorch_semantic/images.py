@@ -2,12 +2,22 @@
 
 The package ships a handful of small public-domain / CC0 photographs (``simtorch_semantic/photos``,
 sources and licences in ``photos/LICENSE.md``). :func:`default_dataset` turns them, or any images the
-user supplies, into ``n`` ImageNet-normalised samples of shape ``[3, size, size]``: sample ``i``
-shows photograph ``i mod k`` (``k`` photographs); the first pass over the photographs is a plain
-resize + centre crop, later passes are random resized crops, horizontal flips and a small colour
-jitter drawn from a generator seeded by ``(seed, i)``. A sample therefore depends only on
-``(images, n, size, seed, i)``: the same arguments give the same tensors in any access order, in
-any process, with any number of DataLoader workers.
+user supplies, into ``n`` ImageNet-normalised samples of shape ``[3, size, size]``.
+
+Views and order: view ``j`` (``0 <= j < n``) shows photograph ``j mod k`` (``k`` photographs);
+views ``0 .. k-1`` are the plain photographs (resize + centre crop), later views random resized
+crops, horizontal flips and a small colour jitter drawn from a generator seeded by
+``(seed, j)``. Sample ``i`` is view ``order[i]``, where ``order`` is a permutation of
+``range(n)`` seeded by ``seed`` (``shuffle=False``: the identity). The shuffle matters: in view
+order a batch of ``b`` consecutive samples holds each photograph about ``b / k`` times *by
+construction*, so fewer same-photograph pairs than a random batch; minibatch estimators (CKA
+averaged over batches) then estimate something else than the full-data value and drift with the
+batch size. In shuffled order every batch is a uniformly random subset of the ``n`` samples.
+
+Everything is deterministic: a sample depends only on ``(images, n, size, seed, shuffle, i)``,
+in any access order, in any process, with any number of DataLoader workers.
+``dataset.n_distinct_images`` says how many distinct photographs the ``n`` samples come from
+(``min(n, k)``): the samples are augmented views, not ``n`` independent images.
 """
 from __future__ import annotations
 
@@ -114,22 +124,45 @@ def _check_int(value, name: str, minimum: int) -> int:
 class AugmentedImageDataset(Dataset):
     """``n`` deterministic views ``[3, size, size]`` (float32, ImageNet-normalised) of photographs.
 
-    Sample ``i`` comes from photograph ``i % k``. For ``i < k`` it is the photograph resized so its
-    shorter side is ``size`` and centre-cropped; for ``i >= k`` it is a random resized crop (area
+    View ``j`` comes from photograph ``j % k``. For ``j < k`` it is the photograph resized so its
+    shorter side is ``size`` and centre-cropped; for ``j >= k`` it is a random resized crop (area
     fraction in ``[0.35, 1]``, aspect ratio in ``[3/4, 4/3]``), a horizontal flip with probability
     1/2 and brightness, contrast and saturation factors in ``[0.8, 1.2]``, all drawn from a
-    ``torch.Generator`` seeded with a function of ``(seed, i)``. Finally
-    ``x = (x - mean) / std`` with the ImageNet mean and std. ``__getitem__`` returns the tensor
-    alone (no label), so a DataLoader yields ``[batch, 3, size, size]`` tensors.
+    ``torch.Generator`` seeded with a function of ``(seed, j)``. Finally
+    ``x = (x - mean) / std`` with the ImageNet mean and std. Sample ``i`` is view ``order[i]``
+    (a seeded permutation of ``range(n)``, or the identity with ``shuffle=False``).
+    ``__getitem__`` returns the tensor alone (no label), so a DataLoader yields
+    ``[batch, 3, size, size]`` tensors.
+
+    Attributes
+    ----------
+    n, size, seed, shuffle :
+        The construction arguments.
+    order : tuple of int
+        ``order[i]`` is the view shown by sample ``i``.
+    n_distinct_images : int
+        How many distinct photographs the samples come from: ``min(n, k)``.
     """
 
-    def __init__(self, images: Sequence[Image.Image], n: int, size: int, seed: int = 0):
+    def __init__(self, images: Sequence[Image.Image], n: int, size: int, seed: int = 0,
+                 shuffle: bool = True):
         # float32 [3, H, W] in [0, 1]: colour operations on floats avoid uint8 rounding steps
         self._images = [TF.to_dtype(TF.pil_to_tensor(im.convert("RGB")), torch.float32, scale=True)
                         for im in images]
         self.n = n
         self.size = size
         self.seed = seed
+        self.shuffle = bool(shuffle)
+        if self.shuffle:
+            # its own stream (index -1 is never a view's): the order does not touch the views
+            self.order = tuple(torch.randperm(n, generator=self._generator(-1)).tolist())
+        else:
+            self.order = tuple(range(n))
+        self.n_distinct_images = min(n, len(self._images))
+
+    def image_index(self, index: int) -> int:
+        """Which photograph (position in the image list) sample ``index`` shows."""
+        return self.order[index] % len(self._images)
 
     def __len__(self) -> int:
         return self.n
@@ -165,7 +198,7 @@ class AugmentedImageDataset(Dataset):
             index = int(index)
         if not -self.n <= index < self.n:
             raise IndexError(f"index {index} out of range for a dataset of {self.n} samples")
-        index %= self.n
+        index = self.order[index % self.n]          # the view this sample shows
         k = len(self._images)
         img = self._images[index % k]
         if index < k:
@@ -185,25 +218,32 @@ class AugmentedImageDataset(Dataset):
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(n={self.n}, size={self.size}, seed={self.seed}, "
-                f"photographs={len(self._images)})")
+                f"shuffle={self.shuffle}, distinct images={self.n_distinct_images})")
 
 
-def default_dataset(n: int = 64, size: int = 96, images=None, seed: int = 0) -> AugmentedImageDataset:
+def default_dataset(n: int = 64, size: int = 96, images=None, seed: int = 0,
+                    shuffle: bool = True) -> AugmentedImageDataset:
     """A deterministic, offline dataset of ``n`` augmented photographs ``[3, size, size]``.
 
     Parameters
     ----------
     n:
-        number of samples (>= 1). With ``k`` photographs, the first ``k`` samples are the plain
+        number of samples (>= 1). With ``k`` photographs, ``k`` of the samples are the plain
         photographs and the rest deterministic augmentations of them (see
-        :class:`AugmentedImageDataset`).
+        :class:`AugmentedImageDataset`); ``dataset.n_distinct_images`` is ``min(n, k)``.
     size:
         side of the square samples in pixels (>= 8).
     images:
         ``None`` (the shipped photographs), a folder path (read with :func:`load_images`), or a
         non-empty sequence of ``PIL.Image.Image``.
     seed:
-        seed of the augmentations (an int); the same arguments always give the same tensors.
+        seed of the augmentations and of the order (an int); the same arguments always give the
+        same tensors.
+    shuffle:
+        ``True`` (default): the samples come in a seeded random order, so every batch of a
+        DataLoader (``shuffle=False``) is a random subset, as minibatch estimators assume.
+        ``False``: view order (the ``k`` plain photographs first, then cycles of augmented
+        views), whose consecutive batches are stratified by photograph.
 
     Returns
     -------
@@ -214,6 +254,9 @@ def default_dataset(n: int = 64, size: int = 96, images=None, seed: int = 0) -> 
     size = _check_int(size, "size", 8)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} ({seed!r})")
+    if not isinstance(shuffle, bool):
+        raise TypeError(f"shuffle must be True or False, got {type(shuffle).__name__} "
+                        f"({shuffle!r})")
     if images is None or isinstance(images, (str, os.PathLike)):
         images = load_images(images)
     elif isinstance(images, Image.Image):
@@ -231,4 +274,4 @@ def default_dataset(n: int = 64, size: int = 96, images=None, seed: int = 0) -> 
             if not isinstance(im, Image.Image):
                 raise TypeError(f"images[{i}] must be a PIL.Image.Image, got "
                                 f"{type(im).__name__}; load files with load_images(folder)")
-    return AugmentedImageDataset(images, n=n, size=size, seed=seed)
+    return AugmentedImageDataset(images, n=n, size=size, seed=seed, shuffle=shuffle)

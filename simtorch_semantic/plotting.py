@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["plot_similarity_matrix"]
+__all__ = ["plot_similarity_matrix", "DEFAULT_CMAP"]
 
 
 def _new_axes(ax, n_rows: int, n_cols: int):
@@ -22,18 +22,72 @@ def _new_axes(ax, n_rows: int, n_cols: int):
     return ax
 
 
+#: the colour map of similarity heatmaps; distances get it reversed, so bright is similar in both
+DEFAULT_CMAP = "magma"
+
+_NAN_HATCH = "////"
+_OUTSIDE_EDGE = "#00b7ff"  # outline of cells outside the nominal range (visible on magma)
+_CLIPPED_EDGE = "#00e05a"  # dashed outline of cells outside limits the caller gave
+
+
+def _finite_or_none(value):
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
+def _colour_limits(matrix, vmin, vmax, value_range, higher_is_similar):
+    """``(vmin, vmax, nominal_lo, nominal_hi)`` of a heatmap.
+
+    Limits the caller gave are kept. Otherwise they start from the measure's nominal range
+    (finite ends of ``value_range``; for a similarity of unknown range, 0 below) and are
+    *extended* to cover every finite value, so nothing is clipped.
+    """
+    finite = matrix[np.isfinite(matrix)]
+    lo_data = float(finite.min()) if finite.size else 0.0
+    hi_data = float(finite.max()) if finite.size else 1.0
+    nom_lo = nom_hi = None
+    if value_range is not None:
+        nom_lo, nom_hi = (_finite_or_none(v) for v in value_range)
+    if vmin is None:
+        start = nom_lo if nom_lo is not None else (0.0 if higher_is_similar or lo_data >= 0 else lo_data)
+        vmin = min(start, lo_data)
+    if vmax is None:
+        vmax = max(nom_hi if nom_hi is not None else hi_data, hi_data)
+    if vmax <= vmin:  # a constant matrix
+        vmax = vmin + 1.0
+    return float(vmin), float(vmax), nom_lo, nom_hi
+
+
+def _fmt(v):
+    return f"{v:.3g}"
+
+
 def plot_similarity_matrix(matrix, row_labels, col_labels, title=None, xlabel=None, ylabel=None,
-                           cmap="magma", ax=None, vmin=None, vmax=None, cbar_label=None,
-                           annot=None):
+                           cmap=None, ax=None, vmin=None, vmax=None, cbar_label=None,
+                           annot=None, higher_is_similar=True, value_range=None):
     """Seaborn heatmap of a ``[len(row_labels), len(col_labels)]`` matrix.
 
     Row 0 is drawn at the bottom, so a comparison of a network with itself shows its diagonal
-    from bottom left to top right, as in the CKA literature. NaN entries (undefined similarity,
-    e.g. a constant layer) are left blank. ``annot`` writes the values in the cells (default: only
-    for matrices of at most 12 x 12).
+    from bottom left to top right, as in the CKA literature. ``annot`` writes the values in the
+    cells (default: only for matrices of at most 12 x 12).
+
+    Nothing is hidden:
+
+    * colour range: ``vmin``/``vmax`` when given; otherwise the nominal ``value_range`` of the
+      measure (e.g. ``(0, 1)`` for CKA; unknown: 0 to the largest value for similarities, the
+      data's range for distances) *extended* to every finite value. Values outside the nominal
+      range (a negative unbiased or minibatch CKA) get an outlined cell, a legend line and a mark
+      at the nominal bound on the colour bar; values outside limits the caller gave are outlined
+      too and the colour bar shows an arrow (they are drawn in the end colour);
+    * NaN cells (undefined, e.g. a constant layer) are hatched grey, with a legend line;
+    * direction: ``higher_is_similar=False`` (distances) reverses the default colour map, so
+      bright means similar in both cases, and the colour bar says "lower = more similar"
+      (similarities: "higher = more similar").
+
+    Returns the Axes.
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.patches import Patch, Rectangle
 
     matrix = np.asarray(matrix, dtype=np.float64)
     if matrix.shape != (len(row_labels), len(col_labels)):
@@ -41,20 +95,82 @@ def plot_similarity_matrix(matrix, row_labels, col_labels, title=None, xlabel=No
             f"matrix shape {matrix.shape} does not match {len(row_labels)} row labels x "
             f"{len(col_labels)} column labels"
         )
+    if value_range is not None and (len(value_range) != 2 or not value_range[0] < value_range[1]):
+        raise ValueError(f"value_range must be (low, high) with low < high, got {value_range!r}")
     if annot is None:
         annot = max(matrix.shape) <= 12
+    if cmap is None:
+        cmap = DEFAULT_CMAP if higher_is_similar else DEFAULT_CMAP + "_r"
+    given_lo, given_hi = vmin is not None, vmax is not None
+    vmin, vmax, nom_lo, nom_hi = _colour_limits(matrix, vmin, vmax, value_range, higher_is_similar)
+    with np.errstate(invalid="ignore"):
+        below_colours = given_lo & (matrix < vmin)
+        above_colours = given_hi & (matrix > vmax)
+        outside_nominal = np.zeros(matrix.shape, dtype=bool)
+        if nom_lo is not None:
+            outside_nominal |= matrix < nom_lo
+        if nom_hi is not None:
+            outside_nominal |= matrix > nom_hi
+    clipped = below_colours | above_colours
+    nan = np.isnan(matrix)
+    extend = {(False, False): "neither", (True, False): "min", (False, True): "max",
+              (True, True): "both"}[(bool(below_colours.any()), bool(above_colours.any()))]
+    direction = "higher = more similar" if higher_is_similar else "lower = more similar"
+    label = f"{cbar_label} ({direction})" if cbar_label else direction
+
     with plt.rc_context({"axes.titlesize": 11, "axes.labelsize": 10}):
         ax = _new_axes(ax, *matrix.shape)
         sns.heatmap(
             matrix[::-1], ax=ax, cmap=cmap, vmin=vmin, vmax=vmax, square=False,
             xticklabels=list(col_labels), yticklabels=list(row_labels)[::-1],
-            cbar_kws={"label": cbar_label} if cbar_label else None,
+            cbar_kws={"label": label, "extend": extend},
             annot=annot, fmt=".2f", annot_kws={"fontsize": 7},
         )
+        n_rows = matrix.shape[0]
+
+        def cell(i, j, **style):  # row i of the matrix is drawn (n_rows - 1 - i) from the top
+            ax.add_patch(Rectangle((j, n_rows - 1 - i), 1, 1, **style))
+
+        legend = []
+        for i, j in zip(*np.nonzero(nan)):
+            cell(i, j, facecolor="#d9d9d9", edgecolor="#6e6e6e", hatch=_NAN_HATCH, linewidth=0)
+        if nan.any():
+            legend.append(Patch(facecolor="#d9d9d9", edgecolor="#6e6e6e", hatch=_NAN_HATCH,
+                                label=f"NaN: undefined ({int(nan.sum())} cells, e.g. a "
+                                      "constant layer)"))
+        for i, j in zip(*np.nonzero(outside_nominal)):
+            cell(i, j, fill=False, edgecolor=_OUTSIDE_EDGE, linewidth=1.6)
+        for i, j in zip(*np.nonzero(clipped)):
+            cell(i, j, fill=False, edgecolor=_CLIPPED_EDGE, linewidth=1.6, linestyle="--")
+        if outside_nominal.any():
+            lo = _fmt(nom_lo) if nom_lo is not None else "-inf"
+            hi = _fmt(nom_hi) if nom_hi is not None else "inf"
+            extremes = []
+            if nom_lo is not None and (matrix < nom_lo).any():
+                extremes.append(f"min {_fmt(np.nanmin(matrix))}")
+            if nom_hi is not None and (matrix > nom_hi).any():
+                extremes.append(f"max {_fmt(np.nanmax(matrix))}")
+            legend.append(Patch(fill=False, edgecolor=_OUTSIDE_EDGE, linewidth=1.6,
+                                label=f"outside the nominal range [{lo}, {hi}] "
+                                      f"({int(outside_nominal.sum())} cells, "
+                                      f"{', '.join(extremes)})"
+                                      + ("" if clipped.any() else "; colour range extended")))
+        if clipped.any():
+            legend.append(Patch(fill=False, edgecolor=_CLIPPED_EDGE, linewidth=1.6, linestyle="--",
+                                label=f"outside the colour range [{_fmt(vmin)}, {_fmt(vmax)}] "
+                                      f"({int(clipped.sum())} cells, drawn in the end colour)"))
+        cbar = ax.collections[0].colorbar
+        if cbar is not None:
+            for bound in (nom_lo, nom_hi):   # where the nominal range ends inside an extended bar
+                if bound is not None and vmin < bound < vmax and outside_nominal.any():
+                    cbar.ax.axhline(bound, color=_OUTSIDE_EDGE, linewidth=2.0)
+        if legend:
+            ax.legend(handles=legend, loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize=7,
+                      frameon=False, borderaxespad=0.2)
         ax.tick_params(axis="x", labelrotation=90, labelsize=8)
         ax.tick_params(axis="y", labelrotation=0, labelsize=8)
         if title:
-            ax.set_title(title)
+            ax.set_title(title, pad=6 + 11 * len(legend))
         if xlabel:
             ax.set_xlabel(xlabel)
         if ylabel:
@@ -214,9 +330,17 @@ def hatch_cells(ax, mask, hatch="///", color="0.6", label=None):
         ax.add_patch(Rectangle((j, rows - 1 - i), 1, 1, fill=False, hatch=hatch, edgecolor=color,
                                linewidth=0.0))
     if label and mask.any():
-        ax.legend(handles=[Patch(facecolor="none", edgecolor=color, hatch=hatch, label=label)],
-                  loc="upper left", bbox_to_anchor=(0.0, -0.02), fontsize=7, frameon=False,
-                  handlelength=1.5, borderaxespad=2.5)
+        entry = Patch(facecolor="none", edgecolor=color, hatch=hatch, label=label)
+        old = ax.get_legend()
+        if old is not None:  # plot_similarity_matrix's legend (NaN, out of range): one legend
+            handles = [*old.legend_handles, entry]
+            labels = [t.get_text() for t in old.get_texts()] + [label]
+            ax.legend(handles=handles, labels=labels, loc="lower left", bbox_to_anchor=(0.0, 1.0),
+                      fontsize=7, frameon=False, borderaxespad=0.2)
+            ax.set_title(ax.get_title(), pad=6 + 11 * len(handles))
+        else:
+            ax.legend(handles=[entry], loc="upper left", bbox_to_anchor=(0.0, -0.02), fontsize=7,
+                      frameon=False, handlelength=1.5, borderaxespad=2.5)
     return ax
 
 

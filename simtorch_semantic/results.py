@@ -307,12 +307,17 @@ class SimilarityResult:
         return cls(matrix=matrix, **meta, **arrays)
 
     # ------------------------------------------------------------------ plots
-    def plot(self, title=None, xlabel=None, ylabel=None, cmap="magma", ax=None, annot=None,
+    def plot(self, title=None, xlabel=None, ylabel=None, cmap=None, ax=None, annot=None,
              vmin=None, vmax=None, save_path=None, significance="hatch", alpha=0.05):
         """Heatmap of the matrix with layer names on the axes; returns the matplotlib Axes.
 
-        Rows (y axis) are model 1's layers, columns (x axis) model 2's. ``vmin``/``vmax``
-        default to [0, 1] for CKA-like measures. With ``save_path`` the figure is saved as well.
+        Rows (y axis) are model 1's layers, columns (x axis) model 2's. The colour range starts
+        from the measure's nominal range where the measure registry knows it (``[0, 1]`` for CKA)
+        and is extended, with a mark, to values outside it; NaN cells are hatched.
+        ``higher_is_similar`` sets the direction: distances get the colour map reversed (default
+        ``cmap``) and a colour bar saying "lower = more similar". See
+        :func:`~simtorch_semantic.plotting.plot_similarity_matrix`. With ``save_path`` the figure
+        is saved as well.
         When the result has p-values, cells that are not significant at ``alpha`` (family-wise
         adjusted p-value when present) are hatched (``significance="hatch"``), left blank
         (``"mask"``) or drawn like the others (``None``).
@@ -326,16 +331,14 @@ class SimilarityResult:
 
         if title is None:
             title = f"{self.measure}: {self.model1_name} vs {self.model2_name}"
-        bounded = self.measure in {"cka", "rbf_cka", "dcka", "semantic_cka", "cca"}
         ax = plot_similarity_matrix(
             np.where(weak, np.nan, self.matrix) if significance == "mask" and weak is not None
             else self.matrix, self.row_layers, self.col_layers, title=title,
             xlabel=xlabel if xlabel is not None else self.model2_name,
             ylabel=ylabel if ylabel is not None else self.model1_name,
-            cmap=cmap, ax=ax, annot=annot,
-            vmin=vmin if vmin is not None else (0.0 if bounded else None),
-            vmax=vmax if vmax is not None else (1.0 if bounded else None),
-            cbar_label=self.measure if self.higher_is_similar else f"{self.measure} (distance)",
+            cmap=cmap, ax=ax, annot=annot, vmin=vmin, vmax=vmax,
+            cbar_label=self.measure if self.higher_is_similar else f"{self.measure}, a distance",
+            higher_is_similar=self.higher_is_similar, value_range=self.value_range(),
         )
         if significance == "hatch" and weak is not None:
             from .plotting import hatch_cells
@@ -344,3 +347,16 @@ class SimilarityResult:
         if save_path is not None:
             ax.figure.savefig(save_path, dpi=150, bbox_inches="tight")
         return ax
+
+    def value_range(self):
+        """The nominal ``(low, high)`` of this result's measure from the measure registry, or
+        None when the registry does not know the measure (or its direction disagrees)."""
+        from .functional.registry import get_measure
+
+        try:
+            spec = get_measure(self.measure)
+        except (ValueError, TypeError, ImportError):  # unknown, or a family's extra is missing
+            return None
+        if bool(spec.higher_is_similar) != bool(self.higher_is_similar):
+            return None
+        return tuple(float(v) for v in spec.value_range)

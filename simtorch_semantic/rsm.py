@@ -144,6 +144,14 @@ def _raw_bytes(x):
 
 def _check_writable(out_dir):
     out = Path(out_dir)
+    for path in (out, *out.parents):  # the cache path itself, or a folder above it, is a file
+        if path.exists():
+            if not path.is_dir():
+                where = "is a file" if path == out else f"lies under {str(path)!r}, which is a file"
+                raise NotADirectoryError(
+                    f"out_dir {str(out)!r} {where}, not a directory; pass a directory for the "
+                    "RSM cache (it is created if missing)")
+            break
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -329,7 +337,9 @@ def get_or_calculate_RSM(out_dir, representations, batch_size=None, kernel="line
     """Permutation-invariant (semantic) RSM of every layer, loaded from or stored in a cache.
 
     Args:
-        out_dir: cache directory (created if missing; must be writable -- checked first).
+        out_dir: cache directory (created if missing; must be writable -- checked first:
+            ``NotADirectoryError`` when it or a folder above it is a file, ``PermissionError``
+            when it cannot be written).
         representations: dict ``layer -> (n, c, h, w) / (n, t, d)`` tensor, array or path (.pt,
             .npy), or a list of them (layers "0", "1", ...). See the module docstring.
         batch_size: None for the full ``N x N`` RSM; an int for one RSM per consecutive block

@@ -68,7 +68,9 @@ def test_compare_end_to_end_writes_png_csv_json(tmp_path, capsys):
     meta = json.loads(json_path.read_text())
     assert meta["model1_name"] == "resnet18" and meta["params"]["estimator"] == "minibatch"
     assert meta["params"]["compare"] == {"weights": None, "images": "shipped photographs",
-                                         "image_size": 32, "seed": 0, "batch_size": 8}
+                                         "image_size": 32, "seed": 0, "batch_size": 8,
+                                         "distinct_images": 7}
+    assert "over 16 samples of 7 distinct images" in captured.out
 
     with open(csv_path, newline="") as handle:
         rows = list(csv.reader(handle))
@@ -185,7 +187,18 @@ BAD_ARGUMENTS = [
      "--layers-a: .*layer4.0.relu.* more than once"),
     (["compare", "resnet18", "resnet18", "--layers-a", "nn.NoSuchLayer"],
      "not a torch.nn module class"),
-    (["compare", "resnet18", "resnet18", "--n", "1"], "argument --n: must be >= 2"),
+    (["compare", "resnet18", "resnet18", "--n", "0"], "argument --n: must be >= 1"),
+    (["compare", "resnet18", "resnet18", "--n", "3"],
+     "--n 3: --measure cka --estimator minibatch needs at least 4 samples .*use --n 4 or more"),
+    (["compare", "resnet18", "resnet18", "--n", "2", "--estimator", "full"],
+     "--n 2: --measure cka --estimator full needs at least 3 samples .*every similarity is 1.*"
+     "use --n 3 or more"),
+    (["compare", "resnet18", "resnet18", "--n", "3", "--estimator", "full", "--option",
+      "unbiased=true"], "--n 3: .*needs at least 4 samples .*unbiased HSIC"),
+    (["compare", "resnet18", "resnet18", "--n", "2", "--measure", "procrustes"],
+     "--n 2: --measure procrustes needs at least 3 samples"),
+    (["compare", "resnet18", "resnet18", "--n", "11", "--measure", "cca", "--option", "dims=10"],
+     "--n 11: --measure cca needs at least 12 samples .*dims=10"),
     (["compare", "resnet18", "resnet18", "--n", "many"], "argument --n: expected an integer"),
     (["compare", "resnet18", "resnet18", "--n", "18", "--batch-size", "8"],
      "last batch of 2 samples"),
@@ -202,7 +215,18 @@ BAD_ARGUMENTS = [
      "MODEL_A squeezenet1_1 cannot run on inputs .*--image-size"),
     (["compare", "resnet18", "resnet18", "--option", "sigma_frac"], "expected KEY=VALUE"),
     (["compare", "resnet18", "resnet18", "--option", "no_such_option=3"],
-     "--option: CKA: .*no_such_option"),
+     "--option no_such_option=...: --measure cka has no option 'no_such_option'; valid keys: "
+     "unbiased, sigma_frac, sigma, store_device, max_memory, n_bootstrap, n_permutations, "
+     "confidence, seed, interval$"),
+    (["compare", "resnet18", "resnet18", "--measure", "rbf_cka", "--option", "sigma_fra=1"],
+     "has no option 'sigma_fra' \\(did you mean sigma_frac or sigma\\?\\); valid keys: "),
+    (["compare", "resnet18", "resnet18", "--measure", "cca", "--option", "variant=svcca",
+      "--option", "keeps=0.9"], "--measure cca has no option 'keeps' .*valid keys: variant, "
+     "epsilon, dims, keep"),
+    (["compare", "resnet18", "resnet18", "--option", "kernel=rbf"],
+     "--measure cka sets kernel='linear' itself; choose another --measure"),
+    (["compare", "resnet18", "resnet18", "--option", "estimator=full"],
+     "use --estimator minibatch\\|full instead"),
     (["compare", "resnet18", "resnet18", "--bogus"], "unrecognized arguments: --bogus"),
     (["compare", "resnet18"], "required: MODEL_B"),
     ([], "required: COMMAND"),
@@ -242,9 +266,24 @@ def test_images_folder_errors(tmp_path, capsys):
     empty.mkdir()
     base = ["compare", "resnet18", "resnet18", "--out", str(tmp_path / "o"), *FAST]
     assert main([*base, "--images", str(empty)]) == 2
-    assert "--images: no image files found in" in _one_line_error(capsys)
+    line = _one_line_error(capsys)
+    assert "--images DIR: no image files in" in line and "leave --images out" in line
     assert main([*base, "--images", str(tmp_path / "missing")]) == 2
-    assert "does not exist" in _one_line_error(capsys)
+    line = _one_line_error(capsys)
+    assert "--images DIR: " in line and "does not exist" in line
+    a_file = tmp_path / "a.png"
+    a_file.write_bytes(b"x")
+    assert main([*base, "--images", str(a_file)]) == 2
+    line = _one_line_error(capsys)
+    assert "--images DIR: " in line and "is a file" in line
+    (empty / "broken.jpg").write_bytes(b"not a jpeg")
+    assert main([*base, "--images", str(empty)]) == 2
+    assert "--images DIR: cannot read" in _one_line_error(capsys)
+    # the command line's words, not the Python API's
+    for argv in ([*base, "--images", str(tmp_path / "missing")], [*base, "--images", str(empty)]):
+        main(argv)
+        line = _one_line_error(capsys)
+        assert "None" not in line and "directory=" not in line
 
 
 def test_out_is_a_file(tmp_path, capsys):
@@ -318,6 +357,12 @@ def test_help_and_version(capsys):
     text = capsys.readouterr().out
     for name in ("--measure", "--layers-a", "--weights", "--images", "rbf_cka", "dcka"):
         assert name in text
+    flat = " ".join(text.split())
+    # no stale sentences: every listed measure ships with the package and can be chosen
+    assert "when their modules are installed" not in flat
+    assert set(cli.available_measures()) == set(MEASURES)
+    assert "seeded random order" in flat and "distinct images" in flat
+    assert "unknown KEY is refused with the valid ones" in flat
     assert main(["--version"]) == 0
 
 

@@ -97,14 +97,15 @@ def test_default_dataset_is_deterministic_in_any_order():
     backward = torch.stack([b[i] for i in reversed(range(24))]).flip(0)
     assert torch.equal(forward, backward)
     assert torch.equal(a[-1], a[23])
-    # a sample does not depend on n
-    assert torch.equal(default_dataset(n=30, size=32, seed=3)[20], forward[20])
+    # a view does not depend on n: in view order, sample 20 is view 20 for any n > 20
+    assert torch.equal(default_dataset(n=30, size=32, seed=3, shuffle=False)[20],
+                       default_dataset(n=24, size=32, seed=3, shuffle=False)[20])
 
 
 def test_default_dataset_seed_changes_only_augmented_samples():
     k = len(load_images())
-    a = default_dataset(n=3 * k, size=32, seed=0)
-    b = default_dataset(n=3 * k, size=32, seed=1)
+    a = default_dataset(n=3 * k, size=32, seed=0, shuffle=False)
+    b = default_dataset(n=3 * k, size=32, seed=1, shuffle=False)
     for i in range(k):                       # first pass: plain photographs, seed-independent
         assert torch.equal(a[i], b[i])
     differing = sum(not torch.equal(a[i], b[i]) for i in range(k, 3 * k))
@@ -137,8 +138,9 @@ def test_default_dataset_accepts_pil_images_and_folders(tmp_path):
     assert all(torch.equal(from_folder[i], from_list[i]) for i in range(6))
     single = default_dataset(n=2, size=16, images=Image.new("RGB", (30, 30), (0, 0, 0)))
     assert single[1].shape == (3, 16, 16)
-    # a uniform green image stays green after augmentation (colour jitter is small)
-    pixels = from_folder[2] * STD + MEAN
+    # a uniform green image (x.png, the first) stays green after augmentation (small jitter)
+    green = [i for i in range(6) if from_folder.image_index(i) == 0 and from_folder.order[i] >= 2]
+    pixels = from_folder[green[0]] * STD + MEAN
     assert (pixels[1] > pixels[0]).all() and (pixels[1] > pixels[2]).all()
     assert isinstance(from_folder, AugmentedImageDataset)
 
@@ -149,6 +151,7 @@ def test_default_dataset_accepts_pil_images_and_folders(tmp_path):
     ({"n": True}, TypeError, "n must be an int"),
     ({"size": 4}, ValueError, "size must be >= 8"),
     ({"seed": "a"}, TypeError, "seed must be an int"),
+    ({"shuffle": 1}, TypeError, "shuffle must be True or False"),
     ({"images": []}, ValueError, "images is an empty sequence"),
     ({"images": [1]}, TypeError, r"images\[0\] must be a PIL.Image.Image"),
     ({"images": 3}, TypeError, "images must be None, a folder path"),
@@ -163,3 +166,51 @@ def test_default_dataset_index_out_of_range():
     with pytest.raises(IndexError, match="out of range"):
         ds[4]
     assert np.int64(2) == 2 and default_dataset(n=np.int64(3), size=16)[2].shape == (3, 16, 16)
+
+
+# ------------------------------------------------------------------------ shuffled order (issue 8)
+def test_shuffled_order_is_a_seeded_permutation_of_the_views():
+    k = len(load_images())
+    n = 5 * k + 3
+    plain = default_dataset(n=n, size=16, seed=2, shuffle=False)
+    shuffled = default_dataset(n=n, size=16, seed=2)
+    assert shuffled.shuffle and not plain.shuffle
+    assert sorted(shuffled.order) == list(range(n)) and plain.order == tuple(range(n))
+    assert shuffled.order != plain.order
+    for i in (0, 1, n // 2, n - 1):  # sample i is view order[i], the same tensor as in view order
+        assert torch.equal(shuffled[i], plain[shuffled.order[i]])
+        assert shuffled.image_index(i) == shuffled.order[i] % k
+    # deterministic per seed, different across seeds
+    assert default_dataset(n=n, size=16, seed=2).order == shuffled.order
+    assert default_dataset(n=n, size=16, seed=3).order != shuffled.order
+
+
+def test_shuffled_batches_are_not_stratified_by_photograph():
+    """View order puts each photograph ~b/k times in every batch of b; shuffled order does not.
+
+    Over the consecutive batches of 8, count the pairs of samples in the same batch that show the
+    same photograph. For a uniformly random order the expected fraction of same-photograph pairs
+    is the population fraction (sampling without replacement), sum_p m_p (m_p - 1) / (n (n - 1)).
+    """
+    k = len(load_images())
+    n, b = 70 * k, 8
+    expected = k * 70 * 69 / (n * (n - 1))
+
+    def same_fraction(ds):
+        labels = np.array([ds.image_index(i) for i in range(n)])[: n // b * b].reshape(-1, b)
+        same = (labels[:, :, None] == labels[:, None, :]).sum() - labels.size
+        return same / (labels.shape[0] * b * (b - 1))
+
+    # per batch pair-fraction has a standard error of roughly sqrt(p (1 - p) / pairs)
+    se = np.sqrt(expected * (1 - expected) / (n // b * b * (b - 1) / 2))
+    assert same_fraction(default_dataset(n=n, size=8, seed=0, shuffle=False)) < expected - 5 * se
+    assert abs(same_fraction(default_dataset(n=n, size=8, seed=0)) - expected) < 5 * se
+
+
+def test_n_distinct_images_is_reported():
+    k = len(load_images())
+    assert default_dataset(n=3 * k, size=16).n_distinct_images == k
+    assert default_dataset(n=2, size=16).n_distinct_images == 2
+    ds = default_dataset(n=4, size=16, images=[Image.new("RGB", (20, 20))] * 1)
+    assert ds.n_distinct_images == 1
+    assert "distinct images=1" in repr(ds)

@@ -294,3 +294,56 @@ def test_cca_bad_inputs():
         cca(X, Y, dims=0)
     with pytest.raises(ValueError, match=r"keep must be a fraction of variance in \(0, 1\]"):
         svcca(X, Y, keep=1.5)
+
+
+# ----------------------------------------------------------------- precision of the rank cut-off (issue 8)
+def _linear_16_to_64():
+    """One rank-16 layer evaluated in float64 and in float32 on the same inputs: [200, 64] each."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(200, 16, generator=g, dtype=torch.float64)
+    layer = torch.nn.Linear(16, 64).double()
+    with torch.no_grad():
+        Y64 = layer(X)
+        Y32 = layer.float()(X.float())
+    return Y64, Y32, torch.randn(200, 50, generator=g, dtype=torch.float64)
+
+
+def test_float32_rank_deficient_layer_keeps_its_rank():
+    Y64, Y32, Z = _linear_16_to_64()
+    # float32 round-off gives the float32 layer 64 non-zero singular values (~1e-7 relative)
+    s = np.linalg.svd(Y32.double().numpy() - Y32.double().numpy().mean(0), compute_uv=False)
+    assert np.sum(s > s[0] * 200 * np.finfo(np.float64).eps) > 16
+    r64, r32 = cca(Z, Y64), cca(Z, Y32)
+    assert r64.shape == r32.shape == (16,)
+    np.testing.assert_allclose(r32.numpy(), r64.numpy(), atol=1e-4)
+    # against the eigenvalue reference on the rank-16 parameterisation Y = X W^T + b
+    np.testing.assert_allclose(r64.numpy(), ref_cca(Z.numpy(), Y64.numpy()[:, :16]), atol=1e-8)
+    for variant in CCA_VARIANTS:
+        v64, v32 = cca_similarity(Z, Y64, variant), cca_similarity(Z, Y32, variant)
+        assert abs(v64 - v32) < 1e-4, variant
+    assert abs(cca_similarity(Z.float(), Y32) - cca_similarity(Z, Y64)) < 1e-4
+    # NumPy float32 arrays follow the same rule
+    assert cca(Z.numpy(), Y32.numpy()).shape == (16,)
+
+
+def test_cca_measure_rank_follows_the_layer_precision():
+    from torch.utils.data import DataLoader
+
+    from simtorch_semantic import CCA, SimilarityModel
+
+    torch.manual_seed(0)
+    narrow = torch.nn.Sequential(torch.nn.Linear(16, 64))                    # rank 16
+    wide = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh())    # rank 64
+    data = torch.randn(200, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        a = SimilarityModel(narrow.to(dtype), layers_to_include=["0"])
+        b = SimilarityModel(wide.to(dtype), layers_to_include=["0", "1"])
+        loader = DataLoader(data.to(dtype), batch_size=50)
+        results.append(CCA(a, b).compute(loader, progress=False).matrix)
+    np.testing.assert_allclose(results[0], results[1], atol=1e-4)
+    # plain reference: 16 canonical correlations of the rank-16 layer (its first 16 columns span it)
+    with torch.no_grad():
+        A = narrow(data).numpy()[:, :16]
+        B = wide(data).numpy()
+    assert results[1][0, 1] == pytest.approx(ref_cca(A, B).mean(), abs=1e-8)

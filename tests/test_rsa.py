@@ -322,3 +322,35 @@ def test_rdm_without_variation_gives_nan_with_warning():
     A = np.ones((5, 5)) - np.eye(5)  # every distance equal: upper triangle is constant
     with pytest.warns(RuntimeWarning, match="no variation"):
         assert math.isnan(compare_rdms(A, A, "pearson"))
+
+
+# ----------------------------------------------------------------- duplicates (issue 8)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("metric", RDM_METRICS)
+def test_identical_samples_are_exactly_zero_apart(metric, dtype):
+    g = np.random.default_rng(8)
+    X = 5.0 + 3.0 * g.standard_normal((40, 64))
+    X[7] = X[3]
+    X[20] = X[3]
+    X[11] = X[39]
+    D = rdm(torch.from_numpy(X).to(dtype), metric, dtype=dtype, chunk_size=16)  # pairs across blocks
+    for i, j in ((3, 7), (3, 20), (7, 20), (11, 39)):
+        assert D[i, j].item() == 0.0 and D[j, i].item() == 0.0
+    assert torch.equal(D, D.T)
+    # the other entries still follow the definition
+    ref = ref_rdm(X, metric)
+    tol = 1e-10 if dtype == torch.float64 else 2e-4
+    np.testing.assert_allclose(D.double().numpy(), ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("metric", ["L2", "L2squared", "L2_normalize"])
+def test_near_duplicates_keep_their_digits(metric):
+    # a distance of 1e-6 between vectors of norm ~100: the Gram trick alone loses every digit
+    g = np.random.default_rng(9)
+    X = 10.0 + g.standard_normal((12, 100))
+    X[5] = X[2] + 1e-7 * g.standard_normal(100)
+    D = rdm(X, metric)
+    ref = ref_rdm(X, metric)
+    assert D[2, 5].item() > 0
+    np.testing.assert_allclose(D[2, 5].item(), ref[2, 5], rtol=1e-6)
+    np.testing.assert_allclose(D.numpy(), ref, rtol=1e-9, atol=1e-12)

@@ -166,7 +166,7 @@ def test_not_writable_out_dir_fails_before_computing(tmp_path, monkeypatch):
     monkeypatch.setattr(rsm_mod, "_layer_rsms", boom)
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    with pytest.raises(PermissionError, match="cannot be created.*writable directory"):
+    with pytest.raises(NotADirectoryError, match="a_file', which is a file.*pass a directory"):
         get_or_calculate_RSM(blocker / "sub", reps(), progress=False)
     # the write probe failing (what a read-only directory does to a non-root user)
     real_mkstemp = rsm_mod.tempfile.mkstemp
@@ -178,6 +178,22 @@ def test_not_writable_out_dir_fails_before_computing(tmp_path, monkeypatch):
     with pytest.raises(PermissionError, match="is not writable.*writable directory"):
         get_or_calculate_baseline_RSM(tmp_path, reps(), progress=False)
     monkeypatch.setattr(rsm_mod.tempfile, "mkstemp", real_mkstemp)
+
+
+def test_out_dir_that_is_a_file_says_so(tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("computed although the cache path is a file")
+
+    monkeypatch.setattr(rsm_mod, "_layer_rsms", boom)
+    blocker = tmp_path / "cache.pt"
+    blocker.write_bytes(b"not a directory")
+    for fn in (get_or_calculate_RSM, get_or_calculate_baseline_RSM):
+        with pytest.raises(NotADirectoryError, match=r"cache\.pt' is a file, not a directory; "
+                           "pass a directory"):
+            fn(blocker, reps(), progress=False)
+        with pytest.raises(NotADirectoryError, match=r"cache\.pt', which is a file"):
+            fn(blocker / "a" / "b", reps(), progress=False)
+    assert blocker.read_bytes() == b"not a directory"
 
 
 def test_read_only_out_dir_with_chmod(tmp_path):

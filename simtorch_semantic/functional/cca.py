@@ -24,6 +24,12 @@ Similarity indices (all in [0, 1], higher is more similar):
   projection of the canonical variates ``h_i`` onto the centred neurons ``x_j`` of the input with
   the smaller rank (Morcos et al. 2018).
 
+Rank: singular values below ``max(s) * max(n, p) * eps`` count as zero, with ``eps`` the machine
+epsilon of the precision the input was *given* in (float32: 1.2e-7), not of the float64 the
+decompositions run in; otherwise the round-off of a float32 layer counts as rank (a float32
+``Linear(16 -> 64)`` would get rank 40 instead of 16). An input already converted to float64
+carries no trace of its origin: pass it in its own dtype.
+
 Small n: when the centred data has rank ``n - 1`` (e.g. ``p >= n - 1``) it spans every centred
 direction and all canonical correlations are 1; the functions raise an error saying how to reduce
 the dimension (``dims=k`` keeps the top-k principal components, ``svcca``, or ``epsilon > 0``).
@@ -42,7 +48,7 @@ import torch
 from simtorch_semantic.functional._validation import (DegenerateInputError, check_choice, check_same_n,
                                                       data_matrix)
 
-__all__ = ["CCA_VARIANTS", "cca", "cca_similarity", "svcca", "pwcca", "CCABasis",
+__all__ = ["CCA_VARIANTS", "cca", "cca_similarity", "svcca", "pwcca", "input_eps", "CCABasis",
            "check_cca_options", "cca_prepare", "cca_score", "cca_score_all_pairs"]
 
 _canonical = check_choice
@@ -66,24 +72,51 @@ class CCABasis:
         return int(self.U.shape[1])
 
 
-def _rank_tol(s: torch.Tensor, shape) -> float:
+def input_eps(X) -> float:
+    """Machine epsilon of the precision ``X`` was given in (before any conversion to float64).
+
+    Floating torch tensors and NumPy arrays give their dtype's epsilon (float32: 1.2e-7, float16:
+    9.8e-4); integer, boolean and other inputs are exact and get float64's (2.2e-16).
+    """
+    dtype = getattr(X, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return torch.finfo(dtype).eps if dtype.is_floating_point else torch.finfo(torch.float64).eps
+    if dtype is not None and np.issubdtype(dtype, np.floating):
+        return float(np.finfo(dtype).eps)
+    return float(np.finfo(np.float64).eps)
+
+
+def _rank_tol(s: torch.Tensor, shape, eps: float | None = None) -> float:
+    """Rank cut-off ``max(s) * max(shape) * eps`` for singular values ``s`` of an ``[n, p]`` matrix.
+
+    ``eps`` is the machine epsilon of the precision the data was *produced* in (default: that of
+    ``s``): float32 activations converted to float64 still carry float32 round-off, whose singular
+    values (~1e-7 relative) would otherwise count as extra rank.
+    """
     if s.numel() == 0:
         return 0.0
-    return float(s.max()) * max(shape) * torch.finfo(s.dtype).eps
+    if eps is None:
+        eps = torch.finfo(s.dtype).eps
+    return float(s.max()) * max(shape) * eps
 
 
 def _basis(X: torch.Tensor, name: str, epsilon: float = 0.0, dims: int | None = None,
-           keep: float | None = None) -> CCABasis:
-    """Centre ``X [n, p]`` and return its CCA basis (plain, ridge, top-``dims`` or ``keep`` variance)."""
+           keep: float | None = None, eps: float | None = None) -> CCABasis:
+    """Centre ``X [n, p]`` and return its CCA basis (plain, ridge, top-``dims`` or ``keep`` variance).
+
+    ``eps``: machine epsilon of the input's original precision (see :func:`input_eps`); the rank
+    cut-off follows it, so a float32 layer gives the same rank whether or not it was converted to
+    float64 first. Default: the epsilon of ``X.dtype``.
+    """
     n, p = X.shape
     Xc = X - X.mean(dim=0, keepdim=True)
     if epsilon == 0.0 and dims is None and keep is None and n > p:
         Q, R = torch.linalg.qr(Xc)
         d = R.diagonal().abs()
-        if bool((d > _rank_tol(d, (n, p))).all()):
+        if bool((d > _rank_tol(d, (n, p), eps)).all()):
             return CCABasis(Q, torch.ones(p, dtype=X.dtype, device=X.device), R, n)
     U, s, Vh = torch.linalg.svd(Xc, full_matrices=False)
-    r = int((s > _rank_tol(s, (n, p))).sum())
+    r = int((s > _rank_tol(s, (n, p), eps)).sum())
     if r == 0:
         raise DegenerateInputError(
             f"{name} has all samples identical (zero variance after centring); CCA is undefined. "
@@ -179,11 +212,12 @@ def check_cca_options(epsilon, dims, keep, func: str = "cca") -> None:
 
 def _prepare(X, Y, epsilon, dims, keep, func):
     check_cca_options(epsilon, dims, keep, func)
+    eps_x, eps_y = input_eps(X), input_eps(Y)
     X = _data_matrix(X, "X")
     Y = _data_matrix(Y, "Y", device=X.device)
     check_same_n(X, Y)
-    bx = _basis(X, "X", float(epsilon), dims, keep)
-    by = _basis(Y, "Y", float(epsilon), dims, keep)
+    bx = _basis(X, "X", float(epsilon), dims, keep, eps=eps_x)
+    by = _basis(Y, "Y", float(epsilon), dims, keep, eps=eps_y)
     _check_degenerate(bx, by, float(epsilon), func)
     return bx, by
 
@@ -243,8 +277,9 @@ def cca_prepare(X, variant: str = "mean_rho", epsilon: float = 0.0, dims: int | 
     """
     variant = check_choice(variant, CCA_VARIANTS, "variant", "cca_prepare")
     check_cca_options(epsilon, dims, keep, "cca_prepare")
+    eps = input_eps(X)  # the rank cut-off follows the input's own precision
     X = data_matrix(X, name)
-    b = _basis(X, name, float(epsilon), dims, keep if variant == "svcca" else None)
+    b = _basis(X, name, float(epsilon), dims, keep if variant == "svcca" else None, eps=eps)
     _check_full_rank(b, float(epsilon), name, variant)
     return b
 

@@ -16,7 +16,10 @@ Metrics (``x_i`` is row ``i`` of ``X`` flattened to ``d`` features)::
 Every metric is evaluated as a squared Euclidean distance of a transformed matrix ``Z`` with the
 centred Gram trick: ``Zc = Z - mean over samples`` (which leaves distances unchanged but protects
 precision), ``D_ij = g_i + g_j - 2 <zc_i, zc_j>`` with ``g_i = ||zc_i||^2``, clamped at 0, with an
-exactly zero diagonal and exact symmetry. Rows are processed in blocks of ``chunk_size`` and only
+exactly zero diagonal and exact symmetry. Where the trick cancels catastrophically
+(``D_ij <= sqrt(eps) (g_i + g_j)``: duplicates and near-duplicates) the entry is recomputed
+directly as ``sum((z_i - z_j)^2)``, so identical samples are exactly 0 apart in every metric and
+close ones keep their digits. Rows are processed in blocks of ``chunk_size`` and only
 the upper block triangle is multiplied, so the temporary memory is ``chunk_size x n``.
 
 Undefined entries: a constant pattern has no Pearson correlation with anything, and an all-zero
@@ -173,6 +176,10 @@ def _squared_distances(Z: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
         # product stays large enough to run at full BLAS speed
         chunk_size = max(1, min(n, _AUTO_BLOCK_ELEMENTS // n, max(512, -(-n // 4))))
     out = torch.empty((n, n), dtype=Z.dtype, device=Z.device)
+    # Gram-trick entries below tau * (g_i + g_j) have lost more than half of their digits to
+    # cancellation (relative error ~ eps (g_i + g_j) / D_ij); they are recomputed directly.
+    tau = torch.finfo(Z.dtype).eps ** 0.5
+    screen = tau * 2.0 * g.max()  # no entry above this can need it (0-dim tensor, no sync)
     for s in range(0, n, chunk_size):
         e = min(n, s + chunk_size)
         blk = Zc[s:e] @ Zc[s:].T  # [e - s, n - s]
@@ -181,10 +188,38 @@ def _squared_distances(Z: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
         c = e - s
         diag_blk = blk[:, :c]
         diag_blk.copy_((diag_blk + diag_blk.T) * 0.5)
+        _refine_close_pairs(blk, Z, g, s, c, tau, screen, chunk_size)
         diag_blk.fill_diagonal_(0.0)
         out[s:e, s:] = blk
         out[e:, s:e] = blk[:, c:].T
     return out
+
+
+def _refine_close_pairs(blk: torch.Tensor, Z: torch.Tensor, g: torch.Tensor, s: int, c: int,
+                        tau: float, screen: torch.Tensor, chunk_size: int) -> None:
+    """Recompute, in place, the entries of one block that the Gram trick cannot resolve.
+
+    ``blk [c, n - s]`` holds rows ``s .. s + c`` against columns ``s .. n`` of the squared
+    distances; an off-diagonal entry with ``D_ij <= tau (g_i + g_j)`` (near or exact duplicates)
+    is replaced by ``sum((z_i - z_j)^2)`` evaluated directly: exactly 0 for identical rows,
+    accurate for close ones, and symmetric because ``(a - b)^2 == (b - a)^2`` in floating point.
+    The common case (no such pair) costs one ``amin`` over the block: entries above
+    ``screen = 2 tau max(g)`` cannot qualify. Candidates are then filtered pair by pair and
+    recomputed in slices of at most ``chunk_size`` pairs. The diagonal of the block's first
+    ``c`` columns is left as +inf (the caller zeroes it).
+    """
+    blk[:, :c].fill_diagonal_(float("inf"))
+    if not bool(blk.amin() <= screen):
+        return
+    idx = (blk <= screen).nonzero()
+    r, k = idx[:, 0], idx[:, 1]
+    keep = blk[r, k] <= tau * (g[s + r] + g[s + k])
+    r, k = r[keep], k[keep]
+    step = max(1, min(chunk_size, _AUTO_BLOCK_ELEMENTS // max(1, Z.shape[1])))
+    for t in range(0, r.shape[0], step):
+        rr, kk = r[t:t + step], k[t:t + step]
+        diff = Z[s + rr] - Z[s + kk]
+        blk[rr, kk] = (diff * diff).sum(dim=1)
 
 
 # --------------------------------------------------------------------------- comparison

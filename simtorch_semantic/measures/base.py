@@ -356,10 +356,11 @@ class BaseSimilarity(InferenceMixin):
         return result
 
     def plot_similarity(self, title=None, xlabel=None, ylabel=None, savefig=False,
-                        save_path="similarity.png", plot_cmap="magma", ax=None):
+                        save_path="similarity.png", plot_cmap=None, ax=None):
         """Heatmap of the last result (simtorch-compatible signature); returns the Axes.
 
         Layer names of model 1 are on the y axis, model 2's on the x axis, with a colour bar.
+        ``plot_cmap=None``: "magma" for similarities, reversed for distances.
         ``savefig=True`` writes the figure to ``save_path``. Global matplotlib style is untouched.
         """
         if self._last_result is None:

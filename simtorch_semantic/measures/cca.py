@@ -66,9 +66,12 @@ class CCA(CollectingSimilarity):
     def _bases(self, acts: dict, model) -> list:
         out = []
         for layer, act in self._layer_items(acts, model, "CCA bases"):
-            X = act.reshape(act.shape[0], -1).to(self.device, torch.float64)
+            # keep the layer's own dtype: the rank cut-off follows its precision (float32
+            # round-off is not rank); cca_prepare converts to float64 itself
+            raw = act.reshape(act.shape[0], -1).to(self.device)
+            X = raw.to(torch.float64)
             try:
-                b = cca_prepare(X, self.variant, self.epsilon, self.dims, self.keep)
+                b = cca_prepare(raw, self.variant, self.epsilon, self.dims, self.keep)
             except DegenerateInputError:
                 self._note(
                     f"layer {layer!r} of {model.model_name} is constant over the samples: its "
