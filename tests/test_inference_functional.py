@@ -339,7 +339,8 @@ def test_independent_p_values_are_uniform():
     p_values = []
     for seed in range(150):
         batches = independent_batches(rng, 3, 8, 3)
-        terms = [hsic_all_pairs(torch.from_numpy(K), torch.from_numpy(L)) for K, L in batches]
+        terms = [hsic_all_pairs(torch.from_numpy(K), torch.from_numpy(L), unbiased=True)
+                 for K, L in batches]
         obs = (sum(t[0] for t in terms) / torch.sqrt(sum(t[1] for t in terms)[:, None]
                                                       * sum(t[2] for t in terms)[None, :])).numpy()
         null = streaming_cka_permutation_null(batches, 49, make_generator(seed)[0])
@@ -356,7 +357,8 @@ def test_dependent_p_values_are_small():
     noisy = X + 0.3 * rng.normal(size=X.shape)
     batches = [(ref_linear_gram(x)[None], np.stack([ref_linear_gram(x), ref_linear_gram(y)]))
                for x, y in zip(X, noisy)]
-    terms = [hsic_all_pairs(torch.from_numpy(K), torch.from_numpy(L)) for K, L in batches]
+    terms = [hsic_all_pairs(torch.from_numpy(K), torch.from_numpy(L), unbiased=True)
+                 for K, L in batches]
     obs = (sum(t[0] for t in terms) / torch.sqrt(sum(t[1] for t in terms)[:, None]
                                                   * sum(t[2] for t in terms)[None, :])).numpy()
     null = streaming_cka_permutation_null(batches, 199, make_generator(0)[0])
@@ -371,7 +373,8 @@ def test_streaming_bootstrap_intervals_cover_zero_for_independent_layers():
     runs = 150
     for seed in range(runs):
         batches = independent_batches(rng, 16, 6, 3)
-        terms = [hsic_all_pairs(torch.from_numpy(K), torch.from_numpy(L)) for K, L in batches]
+        terms = [hsic_all_pairs(torch.from_numpy(K), torch.from_numpy(L), unbiased=True)
+                 for K, L in batches]
         xy = torch.stack([t[0] for t in terms])
         xx = torch.stack([t[1] for t in terms])
         yy = torch.stack([t[2] for t in terms])
