@@ -42,6 +42,7 @@ from ..functional.inference import (INTERVAL_METHODS, bootstrap_indices, bootstr
                                     permutation_p_values, permuted_hsic_cross, random_permutations,
                                     streaming_cka_bootstrap, streaming_cka_jackknife,
                                     westfall_young_p_values)
+from .. import distributed as _dist
 from ..functional.cka import cka_from_hsic
 
 __all__ = ["InferenceMixin", "INFERENCE_OPTIONS"]
@@ -128,7 +129,6 @@ class InferenceMixin:
 
     # ------------------------------------------------------------------ state
     def _reset_inference(self) -> None:
-        self._inf_generator = None
         self._inf_seed = None
         self._inf_grams = None      # (Ks, Ls, unbiased) of the Gram route
 
@@ -137,12 +137,15 @@ class InferenceMixin:
             self._inf_seed = make_generator(self.seed)[1]  # draws a fresh one when seed is None
         return self._inf_seed
 
-    def _generator(self) -> torch.Generator:
-        """Generator of the per-batch draws (a stream derived from the seed)."""
-        if self._inf_generator is None:
-            derived = (self._seed_used() * 1_000_003 + 1) % (2 ** 63)
-            self._inf_generator = make_generator(derived, self.device)[0]
-        return self._inf_generator
+    def _batch_generator(self) -> torch.Generator:
+        """Generator of one batch's draws, seeded from the seed and the batch's GLOBAL index, so
+        that a run sharded over ranks (batches dealt in turn: local batch ``k`` of rank ``r`` is
+        batch ``k * world + r``) draws exactly the permutations one process draws."""
+        k = self._batch_index
+        if self._many:
+            k = k * _dist.world_size() + _dist.rank()
+        derived = (self._seed_used() * 1_000_003 + 7_919 * (k + 1)) % (2 ** 63)
+        return make_generator(derived, self.device)[0]
 
     def _result_generator(self) -> torch.Generator:
         """A fresh generator from the seed for the draws at ``result()``: every process of a
@@ -154,7 +157,7 @@ class InferenceMixin:
         ``[L2, n, n]``) to ``inference_null_xy``; on the measure's device, no host sync."""
         if not self.n_permutations:
             return
-        perms = random_permutations(Ks.shape[-1], self.n_permutations, self._generator())
+        perms = random_permutations(Ks.shape[-1], self.n_permutations, self._batch_generator())
         cross = permuted_hsic_cross(Ks, Ls, perms.to(Ks.device), unbiased, validate=False,
                                     dtype=self.permutation_dtype)
         self.inference_null_xy.add_(cross)
