@@ -441,12 +441,19 @@ def _pairs(N, M, symmetric):
 
 
 def available_bytes(device):
-    """Free memory on ``device`` in bytes (CUDA: ``mem_get_info``; CPU: MemAvailable), or None."""
+    """Free memory on ``device`` in bytes (CUDA: ``mem_get_info``; CPU: psutil's available
+    memory, else /proc/meminfo's MemAvailable), or None when unknown."""
     device = torch.device(device)
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     if device.type != "cpu":
         return None
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
     try:
         with open("/proc/meminfo", encoding="ascii") as handle:
             for line in handle:

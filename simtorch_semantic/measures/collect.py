@@ -21,33 +21,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed as _dist
+from ..functional.semantic import available_bytes
 from .base import BaseSimilarity
 
 __all__ = ["ActivationStore", "CollectingSimilarity", "available_memory"]
 
 
-def available_memory(device) -> int | None:
-    """Free bytes on ``device`` (host RAM for CPU via /proc/meminfo or psutil), None if unknown."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    if device.type != "cpu":
-        return None
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+#: free bytes on a device, or None when unknown (one implementation, in functional/semantic.py)
+available_memory = available_bytes
 
 
 def _fmt_bytes(n: float) -> str:
