@@ -14,13 +14,7 @@ R18_DEFAULT = ["conv1", "bn1", "relu", "maxpool", "layer1.0", "layer1.1", "layer
                "layer3.0", "layer3.1", "layer4.0", "layer4.1", "avgpool", "fc"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is fastest (and avoids spinning on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
