@@ -552,7 +552,7 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
             task = max(1, min(task, -(-P // workers)))
         chunk = task
         workers = bw
-    elif matching == "auction":  # one problem per task: the NumPy auction is fastest alone
+    elif matching == "auction":  # one problem per task and thread (the compiled auction)
         task = chunk = 1
     else:
         task = int(max(1, min(_TASK_PAIRS, _CHUNK_BYTES // (pair_bytes * workers))))
@@ -590,7 +590,7 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
             else:
                 if aff is None:
                     aff = affinity(lo, hi)
-                perm, obj, bound = solve_auction(np.asarray(aff, dtype=np.float64),
+                perm, obj, bound = solve_auction(np.asarray(aff),
                                                   return_bound=True, **opts)
                 cert = bound - obj <= rel_tol * np.abs(obj)
             vals = np.einsum("bsc,bsc->b", x64[ii], y64[jj[:, None], perm])
