@@ -395,7 +395,7 @@ def _auction_kernel(A, prices, rel_tol, theta, eps0, max_phases, max_bids):  # p
 
 
 def _solve_auction(a, rel_tol=1e-3, theta=0.2, eps0=0.02, max_phases=20, max_bids=None,
-                   return_bound=False, n_workers=1):
+                   return_bound=False, return_prices=False, n_workers=1):
     """Forward auction with epsilon scaling (Bertsekas 1988), compiled, one problem per thread.
 
     Persons are rows, objects columns. Gauss-Seidel: one unassigned person ``i`` at a time bids
@@ -420,7 +420,9 @@ def _solve_auction(a, rel_tol=1e-3, theta=0.2, eps0=0.02, max_phases=20, max_bid
     assignment uncertified.
 
     With ``return_bound`` it returns ``(perm [B, S], J [B], bound [B])``: ``bound`` is the
-    smallest ``D`` of all phases (float64, an upper bound of the optimum of ``a``).
+    smallest ``D`` of all phases (float64, an upper bound of the optimum of ``a``); with
+    ``return_prices`` as well, the final prices ``[B, S]`` (float64) come fourth: their dual
+    value is an upper bound for any matrix, e.g. the float64 affinity behind a float32 ``a``.
     """
     for name, val, lo, hi in (("rel_tol", rel_tol, 0.0, None), ("theta", theta, 0.0, 1.0),
                               ("eps0", eps0, 0.0, None)):
@@ -440,16 +442,19 @@ def _solve_auction(a, rel_tol=1e-3, theta=0.2, eps0=0.02, max_phases=20, max_bid
     perm = np.empty((B, S), dtype=np.int64)
     obj = np.empty(B)
     bound = np.empty(B)
+    prices = np.empty((B, S))
 
     def one(b):
         m = np.ascontiguousarray(a[b])
-        prices = m.mean(axis=0, dtype=np.float64)
+        prices[b] = m.mean(axis=0, dtype=np.float64)
         perm[b], obj[b], bound[b], _ = _auction_kernel(
-            m, prices, float(rel_tol), float(theta), float(eps0), int(max_phases), cap)
+            m, prices[b], float(rel_tol), float(theta), float(eps0), int(max_phases), cap)
         return perm[b]
 
     _map_batch(one, a, n_workers)
-    return (perm, obj, bound) if return_bound else perm
+    if return_bound:
+        return (perm, obj, bound, prices) if return_prices else (perm, obj, bound)
+    return perm
 
 
 # ---------------------------------------------------------------------------------------------
@@ -860,6 +865,9 @@ _BATCHED_E = 1.483
 # rounds run on the device: no GPU was available to calibrate it, so there "auto" takes it from
 # S >= _AUTO_DEVICE_MIN_S on (an assumption, not a measurement).
 _AUTO_CPU = ("exact", "auction")
+# below this S the two are within the per-call overheads of each other (S = 36: 0.1 ms each), and
+# the semantic pipeline hands exact several pairs per task: exact, so auto is never slower there
+_AUTO_CPU_MIN_S = 100
 _AUTO_DEVICE_MIN_S = 576
 
 
@@ -903,7 +911,8 @@ def choose_solver(S, device="cpu"):
     (:func:`estimate_seconds`): ``"exact"`` or ``"auction"``; on other devices ``"batched"`` for
     ``S >= 576`` (uncalibrated: no GPU was available), else ``"exact"``. All of them are
     certified (exact: the optimum; the auctions: within ``rel_tol`` of it, the
-    uncertified remainder re-solved exactly). ``S <= 2`` is always exact.
+    uncertified remainder re-solved exactly). ``S < 100`` is always exact on the CPU (there the
+    two cost about the same per problem and exact has less overhead per call).
     """
     if not isinstance(S, (int, np.integer)) or S < 1:
         raise ValueError(f"S (positions per sample) must be a positive integer, got {S!r}")
@@ -913,6 +922,8 @@ def choose_solver(S, device="cpu"):
         else str(device).split(":")[0]
     if kind != "cpu":
         return "batched" if S >= _AUTO_DEVICE_MIN_S else "exact"
+    if S < _AUTO_CPU_MIN_S:
+        return "exact"
     return min(_AUTO_CPU, key=lambda m: _per_problem_seconds(m, S))
 
 
