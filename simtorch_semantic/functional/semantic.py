@@ -604,7 +604,7 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
                 # the worst-case rounding bound is loose (and objectives near 0 leave little
                 # room): the dual value of the solver's prices on the float64 affinity is an
                 # exact bound; only the pairs that miss rel_tol with it are solved exactly
-                a64 = np.einsum("bsc,btc->bst", x64[ii[bad]], y64[jj[bad]])
+                a64 = np.matmul(x64[ii[bad]], y64[jj[bad]].transpose(0, 2, 1))  # BLAS
                 pb = prices[bad]
                 d64 = (a64 - pb[:, None, :]).max(axis=2).sum(axis=1) + pb.sum(axis=1)
                 gap[bad] = d64 - vals[bad]
