@@ -24,6 +24,7 @@ setup(
         "torchvision",
         "numpy",
         "scipy",
+        "numba",  # the compiled certified auction (functional/matching.py)
         "matplotlib",
         "seaborn",
         "tqdm",

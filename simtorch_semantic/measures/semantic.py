@@ -42,8 +42,9 @@ its estimated time (``matching.estimate_seconds``, calibrated by
 on) and kept in ``measure.plan``; above ``max_minutes`` (default 60; None: no limit) the run stops
 with :class:`PlanTooLarge`, whose message holds the plan and concrete ways to shrink it (fewer
 samples, ``max_positions=``, fewer layers). All pairs of all layers then advance one progress bar
-with an ETA. Layers of either model whose activations are identical to an earlier layer's reuse
-its RSM; ``max_positions`` average-pools every map to at most that many positions first
+with an ETA. Layers of either model whose activations are identical to an earlier layer's, or a
+positive multiple of them (eval-mode batch norm at its initial statistics, identities), reuse
+its RSM (scaled for the linear kernel) with a note; ``max_positions`` average-pools every map to at most that many positions first
 (:func:`~simtorch_semantic.functional.semantic.pool_positions`; an approximation, off by
 default).
 """
@@ -84,7 +85,7 @@ class SemanticPlan:
         rows: list of dicts, one per layer: ``model``, ``layer``, ``S`` (positions matched,
             after ``max_positions``), ``C``, ``pairs`` (pair problems), ``solver`` ("exact",
             "batched", "auction", ..., "baseline" for layers without positions, "reused" for
-            activations identical to an earlier layer's), ``seconds`` (estimate).
+            activations identical to, or a positive multiple of, an earlier layer's), ``seconds`` (estimate).
         n: samples; max_positions, n_workers: as given.
     """
 
@@ -117,6 +118,32 @@ class SemanticPlan:
 
     def __str__(self) -> str:
         return self.format()
+
+
+def _proportional(act, other, rtol=1e-6):
+    """``c > 0`` with ``act = c * other`` (relative Frobenius residual at most ``rtol``), else None.
+
+    Identical activations give ``c = 1``. A positive multiple has the same optimal alignments,
+    so its semantic RSM is the other's times ``c^2`` (linear kernel) or the same (cosine; RBF
+    with the median bandwidth, which scales with ``c``). This happens for eval-mode batch norm
+    whose statistics are still the initial ones (mean 0, variance 1: ``bn(x) = x / sqrt(1 +
+    eps)``), for identities and dropout in eval mode.
+    """
+    if act.shape != other.shape or act.dtype != other.dtype:
+        return None
+    if torch.equal(act, other):
+        return 1.0
+    a = act.reshape(-1).double()
+    o = other.reshape(-1).double()
+    oo = float(o @ o)
+    if oo == 0.0:
+        return None
+    c = float(a @ o) / oo
+    if not c > 0.0:
+        return None
+    if float(torch.linalg.vector_norm(a - c * o)) > rtol * float(torch.linalg.vector_norm(a)):
+        return None
+    return c
 
 
 class PlanTooLarge(ValueError):
@@ -339,7 +366,7 @@ class SemanticCKA(CollectingSimilarity):
                 act = feats[layer]
                 S, C = self._positions(act), self._channels(act)
                 pairs = n * (n - 1) // 2
-                if any(a.shape == act.shape and torch.equal(a, act) for a in seen):
+                if any(_proportional(act, a) is not None for a in seen):
                     solver, sec = "reused", 0.0
                 elif S <= 1 or self.baseline:
                     solver, sec = "baseline", 0.0
@@ -434,18 +461,25 @@ class SemanticCKA(CollectingSimilarity):
 
     def _rsms(self, acts, model, built, bar=None):
         """RSMs of ``model``'s layers in order. ``built`` is a list of (activation, RSM) already
-        made (either model): identical activations reuse their RSM, and new ones are added."""
+        made (either model): identical activations reuse their RSM (a positive multiple ``c``
+        of an earlier layer's activations reuses it times ``c^2`` for the linear kernel, as is
+        for cosine and RBF: the alignments are the same), and new ones are added."""
         out = []
         for layer in [l for l in model.layers if l in acts]:
             act = acts[layer]
             K = None
-            for other_act, other_K in built:
-                if other_act.shape == act.shape and torch.equal(other_act, act):
-                    K = other_K
+            for other_act, other_K, other_name in built:
+                c = _proportional(act, other_act)
+                if c is not None:
+                    K = other_K * (c * c) if self.kernel in ("linear", "ip") else other_K
+                    if c != 1.0:
+                        self._notes.append(
+                            f"{model.model_name}.{layer}: activations are {c:.6g} x those of "
+                            f"{other_name}; its RSM was derived from that one (same alignments)")
                     break
             if K is None:
                 K = self._rsm(model.model_name, layer, act, bar=bar)
-                built.append((act, K))
+                built.append((act, K, f"{model.model_name}.{layer}"))
                 if self.psd is None and not self.baseline:
                     lo, hi = _negative_part(K)
                     if lo < -1e-6 * hi:
