@@ -1,11 +1,12 @@
-"""Cost of inference on the streaming CKA (issue 11), P1 setting of bench_cka.py.
+"""Cost of inference on the streaming CKA or dCKA (issue 11), P1 setting of bench_cka.py.
 
     PYTHONPATH=. python3 benchmarks/bench_inference.py [--repeats 3] [--n-bootstrap 1000]
-                                                       [--n-permutations 1000]
+                                                       [--n-permutations 1000] [--measure dcka]
 
 ResNet-18 vs ResNet-34 (random init), all 14 x 22 block outputs, N = 512 random 3x96x96
 inputs, batch 64, CPU. In one process and alternately: the plain ``CKA(s1, s2).compute`` and
-``CKA(s1, s2, n_bootstrap=B, n_permutations=P, seed=0).compute`` on the same batches; the ratio
+``CKA(s1, s2, n_bootstrap=B, n_permutations=P, seed=0).compute`` on the same batches (with
+``--measure dcka``: ``DeltaCKA``, the input as confounder, both times); the ratio
 is inference time / plain time of the same repeat, median over repeats, in wall time and in
 process CPU time (the machine may be shared: CPU time is what the process itself spent). Also
 times the result step alone (intervals, p-values) and reports the load average before/after.
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_cka import RandomImages, make_models  # noqa: E402
 
-from simtorch_semantic.measures.cka import CKA  # noqa: E402
+from simtorch_semantic.measures.cka import CKA, DeltaCKA  # noqa: E402
 
 
 def components(repeats: int) -> dict:
@@ -75,6 +76,8 @@ def main() -> None:
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up runs")
     parser.add_argument("--n-bootstrap", type=int, default=1000)
     parser.add_argument("--n-permutations", type=int, default=1000)
+    parser.add_argument("--measure", choices=("cka", "dcka"), default="cka",
+                        help="streaming CKA (default) or streaming dCKA (the input as confounder)")
     args = parser.parse_args()
     load_before = os.getloadavg()
     if args.components:
@@ -84,8 +87,9 @@ def main() -> None:
         return
     s1, s2 = make_models()
     batches = [b for b in DataLoader(RandomImages(512), batch_size=64)]
-    plain = CKA(s1, s2)
-    inferred = CKA(s1, s2, n_bootstrap=args.n_bootstrap, n_permutations=args.n_permutations, seed=0)
+    cls = DeltaCKA if args.measure == "dcka" else CKA
+    plain = cls(s1, s2)
+    inferred = cls(s1, s2, n_bootstrap=args.n_bootstrap, n_permutations=args.n_permutations, seed=0)
 
     def run(measure):
         return measure.compute(batches, progress=False)
@@ -109,6 +113,7 @@ def main() -> None:
                    f"{torch.get_num_threads()} threads",
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        "measure": args.measure,
         "n_bootstrap": args.n_bootstrap, "n_permutations": args.n_permutations,
         "plain_s_median": round(statistics.median(t_plain), 3),
         "inference_s_median": round(statistics.median(t_inf), 3),

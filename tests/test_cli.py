@@ -409,11 +409,29 @@ def test_bootstrap_and_permutations_reach_the_result(tmp_path, capsys):
     assert (out / "resnet18_vs_resnet18_cka_cells.csv").exists()
 
 
+def test_dcka_takes_bootstrap_and_permutations(tmp_path, capsys):
+    out = tmp_path / "dcka"
+    assert main(["compare", "resnet18", "resnet18", "--measure", "dcka", "--layers-a",
+                 "layer3.?", "--layers-b", "layer3.?", "--n", "16", "--image-size", "32",
+                 "--batch-size", "8", "--bootstrap", "20", "--permutations", "19",
+                 "--no-progress", "--out", str(out)]) == 0
+    assert "cells significant at family-wise p < 0.05 (19 permutations)" in capsys.readouterr().out
+    result = SimilarityResult.load(out / "resnet18_vs_resnet18_dcka.json")
+    assert result.measure == "dcka"
+    for name in ("ci_low", "ci_high", "p_value", "p_value_adjusted", "null_mean", "calibrated"):
+        assert getattr(result, name).shape == (2, 2), name
+    # corresponding layers of the two networks (dCKA ~0.9): no permutation reaches them,
+    # p = 1 / (1 + 19), the smallest possible (batches of 4 would permute too few samples)
+    assert np.all(np.diag(result.matrix) > 0.5)
+    np.testing.assert_allclose(np.diag(result.p_value), 0.05)
+    assert result.params["inference"]["seed"] == 0
+    assert "confounder is resampled" in result.params["inference"]["resampled"]
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--bootstrap", "-1"], "argument --bootstrap: must be >= 0"),
     (["--bootstrap", "1"], "--bootstrap 1: an interval needs at least 2 resamples"),
     (["--permutations", "x"], "argument --permutations: expected an integer"),
-    (["--measure", "dcka", "--permutations", "10"], "not implemented for dCKA yet"),
 ])
 def test_bad_inference_arguments(argv, match, tmp_path, capsys):
     assert main(["compare", "resnet18", "resnet18", "--n", "8", "--image-size", "32",

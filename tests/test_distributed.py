@@ -113,6 +113,11 @@ def results_scenarios(world, cache_dir):
     full = run(CKA(m1, m2, estimator="full", unbiased=True, n_bootstrap=10, n_permutations=10, seed=1))
     out["full_cka_ci_low"], out["full_cka_p_adjusted"] = full.ci_low, full.p_value_adjusted
     out["full_dcka"] = run(DeltaCKA(m1, m2, estimator="full")).matrix
+    dboot = run(DeltaCKA(m1, m2, n_bootstrap=40, n_permutations=20, seed=1))  # six terms a batch
+    out["dcka_ci_low"], out["dcka_p_value"] = dboot.ci_low, dboot.p_value
+    dfull = run(DeltaCKA(m1, m2, estimator="full", unbiased=True, n_bootstrap=10, n_permutations=10,
+                         seed=1))
+    out["full_dcka_ci_high"], out["full_dcka_null_mean"] = dfull.ci_high, dfull.null_mean
     out["rsa"] = run(RSA(m1, m2)).matrix
     out["procrustes"] = run(Procrustes(m1, m2)).matrix
     s1 = SimilarityModel(Net(1), "net1", layers_to_include=["conv", "pool"])

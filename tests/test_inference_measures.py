@@ -18,6 +18,7 @@ from simtorch_semantic import (CCA, CKA, RSA, DeltaCKA, Procrustes, SemanticCKA,
                                SimilarityModel, SimilarityResult)
 from simtorch_semantic.functional.inference import (bootstrap_counts, bootstrap_indices,  # noqa: E402
                                                     make_generator)
+from simtorch_semantic.measures.cka import StreamingCKA  # noqa: E402
 from simtorch_semantic.plotting import plot_corresponding_layers  # noqa: E402
 
 
@@ -230,9 +231,16 @@ def test_bad_options(kwargs, match):
         CKA(wrap(Tiny(1), "m1"), wrap(Tiny(2), "m2"), **kwargs)
 
 
-def test_dcka_refuses_inference_clearly():
-    with pytest.raises(ValueError, match="not implemented for dCKA yet.*leave n_bootstrap"):
-        DeltaCKA(wrap(Tiny(1), "m1"), wrap(Tiny(2), "m2"), n_permutations=10)
+def test_a_measure_without_inference_refuses_the_options_clearly():
+    class NoInference(StreamingCKA):
+        inference_unsupported = "no resampling scheme for this measure"
+
+    with pytest.raises(ValueError, match="NoInference: no resampling scheme for this measure; "
+                                         "leave n_bootstrap and n_permutations at 0"):
+        NoInference(wrap(Tiny(1), "m1"), wrap(Tiny(2), "m2"), n_permutations=10)
+    assert NoInference(wrap(Tiny(1), "m1"), wrap(Tiny(2), "m2")).n_permutations == 0
+    # dCKA has inference now (tests/test_inference_dcka.py)
+    assert DeltaCKA(wrap(Tiny(1), "m1"), wrap(Tiny(2), "m2"), n_permutations=10).n_permutations == 10
 
 
 # ----------------------------------------------------------------------------- results

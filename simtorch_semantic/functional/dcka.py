@@ -93,8 +93,9 @@ def dcka_from_hsic(h) -> torch.Tensor:
     r"""dCKA from (summed) HSIC terms: :math:`(xy - xz\,yz/zz)/\sqrt{(xx - xz^2/zz)(yy - yz^2/zz)}`.
 
     ``h``: a :class:`DeconfoundedHSIC` or a mapping with keys ``xy, xx, yy, xz, yz, zz``. With
-    ``xy [a, b]``, ``xx, xz [a]``, ``yy, yz [b]`` and scalar ``zz`` the result is the ``[a, b]``
-    dCKA matrix; all scalars give a 0-d tensor. float64; NaN where ``zz <= 0`` (constant
+    ``xy [..., a, b]``, ``xx, xz [..., a]``, ``yy, yz [..., b]`` and ``zz [...]`` the result is the
+    ``[..., a, b]`` dCKA matrix (leading dimensions, e.g. ``R`` bootstrap replicates of summed
+    terms, are kept); all scalars give a 0-d tensor. float64; NaN where ``zz <= 0`` (constant
     confounder) or a residual self-HSIC is not positive (constant layer, or a layer fully
     explained by the confounder). Equals :func:`dcka` without ``remove_negative_eig`` when the
     terms come from the full data.
@@ -110,36 +111,46 @@ def dcka_from_hsic(h) -> torch.Tensor:
                 f"'yz', 'zz' (missing {exc}).") from exc
     xy = as_f64(t["xy"])
     xx, yy, xz, yz, zz = (as_f64(t[k], xy.device) for k in ("xx", "yy", "xz", "yz", "zz"))
-    outer = xy.dim() == 2 and xz.dim() == 1 and yz.dim() == 1
+    outer = xy.dim() >= 2 and xz.dim() == yz.dim() == xy.dim() - 1
+    if outer:  # a layer grid: the confounder terms broadcast over rows and columns
+        zz = zz[..., None]
     zz_safe = torch.where(zz > 0, zz, torch.ones_like(zz))
-    rxy = xy - (xz[:, None] * yz[None, :] if outer else xz * yz) / zz_safe
     rxx = xx - xz * xz / zz_safe
     ryy = yy - yz * yz / zz_safe
-    out = cka_from_hsic(rxy, rxx, ryy)
+    if outer:
+        rxy = xy - xz[..., :, None] * yz[..., None, :] / zz_safe[..., None]
+        out = cka_from_hsic(rxy, rxx[..., :, None], ryy[..., None, :])
+        zz = zz[..., None]
+    else:
+        out = cka_from_hsic(xy - xz * yz / zz_safe, rxx, ryy)
     return torch.where(zz > 0, out, torch.full_like(out, math.nan))
 
 
 def deconfound_gram(K, KZ, remove_negative_eig: bool = False,
                     unbiased: bool = False) -> torch.Tensor:
-    r"""Residual of Gram ``K [n, n]`` after regressing it on the confounder Gram ``KZ [n, n]``.
+    r"""Residual of Gram ``K [n, n]`` (or of each of a stack ``[a, n, n]``) after regressing it on
+    the confounder Gram ``KZ [n, n]``.
 
     :math:`\hat K = HKH - \alpha\, H K_Z H` with
     :math:`\alpha = \mathrm{HSIC}(K, K_Z)/\mathrm{HSIC}(K_Z, K_Z)` (biased HSIC, i.e. the
-    Frobenius product of centred Grams; the unbiased one when ``unbiased``). With
-    ``remove_negative_eig`` the residual is projected onto the PSD cone (negative eigenvalues
-    clipped to 0). Returns a float64 ``[n, n]`` centred matrix. A constant confounder
-    (``HSIC(K_Z, K_Z) = 0``) gives NaN; :func:`dcka` raises a clear error for it instead.
+    Frobenius product of centred Grams; the unbiased one when ``unbiased``), one
+    :math:`\alpha` per Gram of a stack. With ``remove_negative_eig`` the residual is projected
+    onto the PSD cone (negative eigenvalues clipped to 0). Returns float64 centred matrices of
+    ``K``'s shape. A constant confounder (``HSIC(K_Z, K_Z) = 0``) gives NaN; :func:`dcka` raises a
+    clear error for it instead.
     """
     K = as_f64(K)
     KZ = as_f64(KZ, K.device)
-    h = hsic_unbiased if unbiased else hsic_biased
-    zz = h(KZ, KZ)
-    alpha = h(K, KZ) / torch.where(zz > 0, zz, torch.full_like(zz, math.nan))
-    R = center_gram(K) - alpha * center_gram(KZ)
+    single = K.dim() == 2
+    Ks = K[None] if single else K
+    P, Z = hsic_prepare(Ks, unbiased), hsic_prepare(KZ[None], unbiased)
+    zz = hsic_self(Z)[0]
+    alpha = hsic_cross(P, Z)[:, 0] / torch.where(zz > 0, zz, torch.full_like(zz, math.nan))
+    R = center_gram(Ks) - alpha[:, None, None] * center_gram(KZ)
     if remove_negative_eig:
-        w, V = torch.linalg.eigh(0.5 * (R + R.T))
-        R = (V * w.clamp_min(0.0)) @ V.T
-    return R
+        w, V = torch.linalg.eigh(0.5 * (R + R.mT))
+        R = (V * w.clamp_min(0.0)[:, None, :]) @ V.mT
+    return R[0] if single else R
 
 
 def dcka(X, Y, Z, kernel: str = "linear", unbiased: bool = False,

@@ -31,6 +31,22 @@ Permutation nulls
     streaming CKA every batch gets its own permutation (samples are only paired within a batch)
     and the cross terms are summed over batches like the observed ones.
 
+Deconfounded CKA (dCKA, :mod:`~simtorch_semantic.functional.dcka`)
+    *Bootstrap*: the confounder is resampled with the samples and the regression on it solved
+    again in every replicate: the streaming form resamples batches of all six per-batch terms
+    (``xy, xx, yy, xz, yz, zz``; :func:`streaming_bootstrap_terms`, then
+    :func:`~simtorch_semantic.functional.dcka.dcka_from_hsic`), the full form gathers the rows and
+    columns of every Gram *and* of the confounder's Gram. *Permutation null*: model 2's Gram is
+    permuted together with its confounder, i.e. its deconfounded Gram is permuted:
+    :math:`\langle K - \alpha K_Z,\; P (L - \beta K_Z) P^\top\rangle` against the unchanged
+    residual self terms (the coefficients do not change when ``L`` and ``K_Z`` move together).
+    The full form permutes the residual Grams directly; the streaming form only learns
+    :math:`\alpha, \beta` at the end, so it permutes ``[L; K_Z]`` against ``[K; K_Z]`` in every
+    batch (:func:`dcka_extended_grams`), sums the ``[R, a+1, b+1]`` cross terms and combines them
+    by bilinearity (:func:`dcka_null_from_cross`). The null is exact when model 2's (deconfounded
+    Gram, confounder) pairs are exchangeable against model 1's; see docs/inference.md for where
+    it is not (a confounder both models read; the biased HSIC).
+
 p-values (Phipson & Smyth 2010)
     ``(1 + #{null_r >= observed}) / (1 + R)`` for similarities (``<=`` for distances), never 0.
 
@@ -52,6 +68,7 @@ Calibrated scores
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -59,14 +76,19 @@ import torch
 
 from ._validation import to_tensor
 from .cka import cka_from_hsic
+from .dcka import DeconfoundedHSIC, dcka_from_hsic, dcka_hsic_terms, deconfound_gram
 from .kernels import center_gram
 
 __all__ = [
     "INTERVAL_METHODS", "make_generator", "bootstrap_counts", "bootstrap_indices",
     "random_permutations", "percentile_interval", "bca_interval", "bootstrap_interval",
+    "streaming_bootstrap_terms", "streaming_jackknife_terms", "cka_from_terms",
     "streaming_bootstrap_hsic", "streaming_cka_bootstrap", "streaming_cka_jackknife",
-    "permuted_hsic_cross", "streaming_cka_permutation_null", "cka_bootstrap_from_grams",
-    "cka_permutation_null_from_grams", "permutation_p_values", "westfall_young_p_values",
+    "streaming_dcka_bootstrap", "streaming_dcka_jackknife", "dcka_extended_grams",
+    "dcka_null_from_cross", "permuted_hsic_cross", "streaming_cka_permutation_null",
+    "streaming_dcka_permutation_null", "cka_bootstrap_from_grams",
+    "cka_permutation_null_from_grams", "dcka_bootstrap_from_grams",
+    "dcka_permutation_null_from_grams", "permutation_p_values", "westfall_young_p_values",
     "calibrated_scores", "null_z_scores",
 ]
 
@@ -303,20 +325,65 @@ def _check_terms(xy, xx, yy):
     return xy, xx, yy
 
 
+def _check_batch_terms(terms) -> dict:
+    """Per-batch terms ``{name: [B, ...]}`` as float64 tensors on one device, same ``B``."""
+    if not hasattr(terms, "items") or not terms:
+        raise TypeError("terms must be a non-empty mapping of per-batch HSIC terms, e.g. "
+                        "{'xy': [B, L1, L2], 'xx': [B, L1], 'yy': [B, L2]}")
+    out, device = {}, None
+    for name, value in terms.items():
+        out[name] = _f64(value, name, device)
+        device = out[name].device
+    sizes = {name: (v.shape[0] if v.dim() else None) for name, v in out.items()}
+    if len(set(sizes.values())) != 1 or None in sizes.values():
+        raise ValueError(f"every per-batch term needs the same leading batch dimension B; got "
+                         f"{ {n: tuple(v.shape) for n, v in out.items()} }")
+    return out
+
+
+def streaming_bootstrap_terms(terms, counts) -> dict:
+    """Resampled sums of per-batch terms: ``counts [R, B] @ term`` for every term.
+
+    ``terms``: mapping ``name -> [B, ...]`` float64 per-batch terms (CKA's ``xy, xx, yy``; dCKA's
+    six); ``counts [R, B]`` (how often each batch is drawn). Returns ``name -> [R, ...]``: one
+    matrix product per term, no loop over replicates or layer pairs.
+    """
+    t = _check_batch_terms(terms)
+    B = next(iter(t.values())).shape[0]
+    counts = _f64(counts, "counts", next(iter(t.values())).device)
+    if counts.dim() != 2 or counts.shape[1] != B:
+        raise ValueError(f"counts must have shape [R, {B}] (one column per batch), got "
+                         f"{tuple(counts.shape)}")
+    return {name: (counts @ v.reshape(B, -1)).reshape(counts.shape[0], *v.shape[1:])
+            for name, v in t.items()}
+
+
+def streaming_jackknife_terms(terms) -> dict:
+    """Leave-one-batch-out sums ``name -> [B, ...]`` (sum over all batches minus batch ``b``)."""
+    t = _check_batch_terms(terms)
+    if next(iter(t.values())).shape[0] < 2:
+        raise ValueError("the jackknife needs at least 2 batches")
+    return {name: v.sum(0) - v for name, v in t.items()}
+
+
+def cka_from_terms(terms) -> torch.Tensor:
+    """CKA ``[..., a, b]`` from a mapping of (summed) terms ``xy [..., a, b]``, ``xx [..., a]``,
+    ``yy [..., b]``; leading dimensions (replicates) are kept. NaN where a self term is not
+    positive."""
+    xy, xx, yy = (_f64(terms[k], k) for k in ("xy", "xx", "yy"))
+    return cka_from_hsic(xy, xx.to(xy.device)[..., :, None], yy.to(xy.device)[..., None, :])
+
+
 def streaming_bootstrap_hsic(xy, xx, yy, counts):
     """Resampled sums of per-batch HSIC terms: ``counts [R, B] @ terms``.
 
     ``xy [B, L1, L2]``, ``xx [B, L1]``, ``yy [B, L2]`` (float64 per-batch terms),
     ``counts [R, B]`` (how often each batch is drawn). Returns ``(xy [R, L1, L2], xx [R, L1],
-    yy [R, L2])``: one matrix product each, no loop over replicates or layer pairs.
+    yy [R, L2])`` (:func:`streaming_bootstrap_terms` on the three).
     """
     xy, xx, yy = _check_terms(xy, xx, yy)
-    counts = _f64(counts, "counts", xy.device)
-    B, a, b = xy.shape
-    if counts.dim() != 2 or counts.shape[1] != B:
-        raise ValueError(f"counts must have shape [R, {B}] (one column per batch), got "
-                         f"{tuple(counts.shape)}")
-    return ((counts @ xy.reshape(B, a * b)).reshape(-1, a, b), counts @ xx, counts @ yy)
+    out = streaming_bootstrap_terms({"xy": xy, "xx": xx, "yy": yy}, counts)
+    return out["xy"], out["xx"], out["yy"]
 
 
 def streaming_cka_bootstrap(xy, xx, yy, n_bootstrap: int, generator=None) -> torch.Tensor:
@@ -327,22 +394,82 @@ def streaming_cka_bootstrap(xy, xx, yy, n_bootstrap: int, generator=None) -> tor
     """
     xy, xx, yy = _check_terms(xy, xx, yy)
     counts = bootstrap_counts(xy.shape[0], n_bootstrap, generator, xy.device)
-    return _cka_batched(*streaming_bootstrap_hsic(xy, xx, yy, counts))
-
-
-def _cka_batched(xy, xx, yy) -> torch.Tensor:
-    """CKA of ``xy [R, a, b]`` with ``xx [R, a]``, ``yy [R, b]`` (or ``[a]``, ``[b]``)."""
-    xx = xx if xx.dim() == xy.dim() else xx.unsqueeze(-1)
-    yy = yy.unsqueeze(-2)
-    return cka_from_hsic(xy, xx, yy)
+    return cka_from_terms(streaming_bootstrap_terms({"xy": xy, "xx": xx, "yy": yy}, counts))
 
 
 def streaming_cka_jackknife(xy, xx, yy) -> torch.Tensor:
     """Leave-one-batch-out minibatch CKA ``[B, L1, L2]`` (for BCa's acceleration)."""
     xy, xx, yy = _check_terms(xy, xx, yy)
-    if xy.shape[0] < 2:
-        raise ValueError("the jackknife needs at least 2 batches")
-    return _cka_batched(xy.sum(0) - xy, xx.sum(0) - xx, yy.sum(0) - yy)
+    return cka_from_terms(streaming_jackknife_terms({"xy": xy, "xx": xx, "yy": yy}))
+
+
+# ----------------------------------------------------------------------------- streaming dCKA
+def _dcka_terms(terms) -> dict:
+    names = ("xy", "xx", "yy", "xz", "yz", "zz")
+    if isinstance(terms, DeconfoundedHSIC):
+        terms = {k: getattr(terms, k) for k in names}
+    missing = [k for k in names if k not in terms]
+    if missing:
+        raise ValueError(f"dCKA needs the six HSIC terms {names}; missing {missing}")
+    return {k: terms[k] for k in names}
+
+
+def streaming_dcka_bootstrap(terms, n_bootstrap: int, generator=None) -> torch.Tensor:
+    """Bootstrap replicates ``[R, L1, L2]`` of the minibatch dCKA by resampling batches.
+
+    ``terms``: the six per-batch terms ``xy [B, L1, L2]``, ``xx, xz [B, L1]``, ``yy, yz [B, L2]``,
+    ``zz [B]``. Each replicate sums the drawn batches' terms and solves the regression on the
+    confounder again (:func:`~simtorch_semantic.functional.dcka.dcka_from_hsic`).
+    """
+    t = _check_batch_terms(_dcka_terms(terms))
+    counts = bootstrap_counts(t["xy"].shape[0], n_bootstrap, generator, t["xy"].device)
+    return dcka_from_hsic(streaming_bootstrap_terms(t, counts))
+
+
+def streaming_dcka_jackknife(terms) -> torch.Tensor:
+    """Leave-one-batch-out minibatch dCKA ``[B, L1, L2]`` (for BCa's acceleration)."""
+    return dcka_from_hsic(streaming_jackknife_terms(_dcka_terms(terms)))
+
+
+def dcka_extended_grams(Ks, Ls, KZ) -> tuple:
+    """``([Ks; KZ], [Ls; KZ])``: the Grams ``[a+1, n, n]``, ``[b+1, n, n]`` whose permuted cross
+    HSIC (:func:`permuted_hsic_cross`) :func:`dcka_null_from_cross` turns into the dCKA null."""
+    KZ = KZ[None] if KZ.dim() == 2 else KZ
+    return torch.cat([Ks, KZ.to(Ks)]), torch.cat([Ls, KZ.to(Ls)])
+
+
+def dcka_null_from_cross(cross, terms) -> torch.Tensor:
+    r"""Permutation null ``[R, a, b]`` of dCKA from permuted cross terms (module docstring).
+
+    ``cross [R, a+1, b+1]``: HSIC of ``[K_1..K_a, K_Z]`` with ``P_r [L_1..L_b, K_Z] P_r'``
+    (summed over batches for the minibatch estimator), i.e. :func:`permuted_hsic_cross` of
+    :func:`dcka_extended_grams`; ``terms``: the six unpermuted (summed) terms. With
+    :math:`lpha_i = xz_i/zz`, :math:`eta_j = yz_j/zz`, the permuted residual cross term is
+    :math:`\langle K_i - lpha_i K_Z, P (L_j - eta_j K_Z) P'
+angle
+    = c_{ij} - eta_j c_{iZ} - lpha_i c_{Zj} + lpha_ieta_j c_{ZZ}`, one ``[a, a+1]`` and
+    one ``[b, b+1]`` product; the residual self terms ``xx - xz^2/zz``, ``yy - yz^2/zz`` do not
+    change under a permutation. NaN where ``zz <= 0`` or a residual self term is not positive.
+    """
+    t = {k: _f64(v, k) for k, v in _dcka_terms(terms).items()}
+    cross = _f64(cross, "cross", t["xy"].device)
+    a, b = t["xy"].shape
+    if cross.dim() != 3 or tuple(cross.shape[1:]) != (a + 1, b + 1):
+        raise ValueError(f"cross must have shape [R, {a + 1}, {b + 1}] (model 1's {a} Grams and "
+                         f"the confounder's against model 2's {b} and the confounder's), got "
+                         f"{tuple(cross.shape)}")
+    zz = t["zz"]
+    zz_safe = torch.where(zz > 0, zz, torch.ones_like(zz))
+    alpha, beta = t["xz"] / zz_safe, t["yz"] / zz_safe
+    eye_a = torch.eye(a, dtype=torch.float64, device=cross.device)
+    eye_b = torch.eye(b, dtype=torch.float64, device=cross.device)
+    Ua = torch.cat([eye_a, -alpha[:, None]], dim=1)            # [a, a+1]
+    Ub = torch.cat([eye_b, -beta[:, None]], dim=1)             # [b, b+1]
+    rxy = torch.einsum("ik,rkl,jl->rij", Ua, cross, Ub)
+    rxx = t["xx"] - t["xz"] ** 2 / zz_safe
+    ryy = t["yy"] - t["yz"] ** 2 / zz_safe
+    out = cka_from_hsic(rxy, rxx[None, :, None], ryy[None, None, :])
+    return torch.where(zz > 0, out, torch.full_like(out, math.nan))
 
 
 # ----------------------------------------------------------------------------- permutations
@@ -452,6 +579,17 @@ def permuted_hsic_cross(Ks, Ls, perms, unbiased: bool = True, validate: bool = T
     return _permuted_cross_prepared(P, Q, perms, n, unbiased, permute_first=K.shape[0] < L.shape[0])
 
 
+def _batch_permuted_cross(K, L, n_permutations, generator, unbiased) -> torch.Tensor:
+    """One batch's permuted cross terms ``[R, a, b]`` with fresh permutations from ``generator``."""
+    device = generator.device if generator is not None else K.device
+    perms = random_permutations(K.shape[-1], n_permutations, generator, device).to(K.device)
+    return permuted_hsic_cross(K, L, perms, unbiased)
+
+
+def _add(total, value):
+    return value if total is None else total + value
+
+
 def streaming_cka_permutation_null(batches, n_permutations: int, generator=None,
                                    unbiased: bool = True) -> torch.Tensor:
     """Permutation null ``[R, L1, L2]`` of the minibatch CKA.
@@ -465,30 +603,44 @@ def streaming_cka_permutation_null(batches, n_permutations: int, generator=None,
     xy = xx = yy = None
     for Ks, Ls in batches:
         K, L = _stack(Ks, "Ks"), _stack(Ls, "Ls")
-        device = generator.device if generator is not None else K.device
-        perms = random_permutations(K.shape[-1], n_permutations, generator, device).to(K.device)
-        cross = permuted_hsic_cross(K, L, perms, unbiased)
-        P, Q = _prep(K, unbiased), _prep(L, unbiased)
         n = K.shape[-1]
-        sx, sy = _self(P, n, unbiased), _self(Q, n, unbiased)
-        xy = cross if xy is None else xy + cross
-        xx = sx if xx is None else xx + sx
-        yy = sy if yy is None else yy + sy
+        xy = _add(xy, _batch_permuted_cross(K, L, n_permutations, generator, unbiased))
+        xx = _add(xx, _self(_prep(K, unbiased), n, unbiased))
+        yy = _add(yy, _self(_prep(L, unbiased), n, unbiased))
     if xy is None:
         raise ValueError("batches is empty: pass at least one (Ks, Ls) pair")
-    return _cka_batched(xy, xx, yy)
+    return cka_from_terms({"xy": xy, "xx": xx, "yy": yy})
 
 
-# ----------------------------------------------------------------------------- full-data CKA
-def cka_bootstrap_from_grams(Ks, Ls, indices, unbiased: bool = False) -> torch.Tensor:
-    """CKA of every layer pair on resamples of the samples: ``[R, a, b]``.
+def streaming_dcka_permutation_null(batches, n_permutations: int, generator=None,
+                                    unbiased: bool = True) -> torch.Tensor:
+    """Permutation null ``[R, L1, L2]`` of the minibatch dCKA.
 
-    ``Ks [a, N, N]``, ``Ls [b, N, N]``: Grams of all N samples; ``indices [R, m]``: the samples
-    of each resample (bootstrap: ``m = N`` drawn with replacement; a jackknife: the ``m`` kept
-    samples). Replicate r uses ``K[idx][:, idx]`` (an index gather, no recomputed features; an
-    RBF bandwidth stays the full data's). One replicate at a time, all layer pairs of it from
-    one matrix product.
+    ``batches``: iterable of ``(Ks [L1, n_b, n_b], Ls [L2, n_b, n_b], KZ [n_b, n_b])``. Within
+    each batch model 2's samples are permuted *together with their confounder*: the null pairs
+    model 1's deconfounded Gram with ``P (L - beta K_Z) P'``, model 2's deconfounded Gram of
+    other samples (module docstring). The regression coefficients are those of the whole data
+    (summed terms), as in the observed value, so the permuted cross terms of
+    :func:`dcka_extended_grams` are summed over batches and combined at the end
+    (:func:`dcka_null_from_cross`). The measures do the same online.
     """
+    n_permutations = _check_count(n_permutations, "n_permutations")
+    cross = terms = None
+    for Ks, Ls, KZ in batches:
+        K, L = _stack(Ks, "Ks"), _stack(Ls, "Ls")
+        Z = _f64(KZ, "KZ", K.device)
+        cross = _add(cross, _batch_permuted_cross(*dcka_extended_grams(K, L, Z), n_permutations,
+                                                  generator, unbiased))
+        terms = _add(terms, dcka_hsic_terms(K, L, Z, unbiased))
+    if cross is None:
+        raise ValueError("batches is empty: pass at least one (Ks, Ls, KZ) triple")
+    return dcka_null_from_cross(cross, terms)
+
+
+# ----------------------------------------------------------------------------- full data
+def _resampled_cka(Ks, Ls, indices, unbiased: bool, residuals=None) -> torch.Tensor:
+    """``[R, a, b]``: CKA of the Grams gathered at each row of ``indices [R, m]``; with
+    ``residuals(K_r, L_r, i) -> (K_r', L_r')`` the gathered Grams are transformed first."""
     K = _stack(Ks, "Ks")
     L = _stack(Ls, "Ls").to(K.device)
     idx = torch.as_tensor(indices, device=K.device).long()
@@ -501,9 +653,24 @@ def cka_bootstrap_from_grams(Ks, Ls, indices, unbiased: bool = False) -> torch.T
     out = torch.empty(idx.shape[0], K.shape[0], L.shape[0], dtype=torch.float64, device=K.device)
     for r in range(idx.shape[0]):
         i = idx[r]
-        P, Q = _prep(K[:, i][:, :, i], unbiased), _prep(L[:, i][:, :, i], unbiased)
+        Kr, Lr = K[:, i][:, :, i], L[:, i][:, :, i]
+        if residuals is not None:
+            Kr, Lr = residuals(Kr, Lr, i)
+        P, Q = _prep(Kr, unbiased), _prep(Lr, unbiased)
         out[r] = cka_from_hsic(_cross(P, Q, m, unbiased), _self(P, m, unbiased), _self(Q, m, unbiased))
     return out
+
+
+def cka_bootstrap_from_grams(Ks, Ls, indices, unbiased: bool = False) -> torch.Tensor:
+    """CKA of every layer pair on resamples of the samples: ``[R, a, b]``.
+
+    ``Ks [a, N, N]``, ``Ls [b, N, N]``: Grams of all N samples; ``indices [R, m]``: the samples
+    of each resample (bootstrap: ``m = N`` drawn with replacement; a jackknife: the ``m`` kept
+    samples). Replicate r uses ``K[idx][:, idx]`` (an index gather, no recomputed features; an
+    RBF bandwidth stays the full data's). One replicate at a time, all layer pairs of it from
+    one matrix product.
+    """
+    return _resampled_cka(Ks, Ls, indices, unbiased)
 
 
 def cka_permutation_null_from_grams(Ks, Ls, perms, unbiased: bool = False,
@@ -517,8 +684,57 @@ def cka_permutation_null_from_grams(Ks, Ls, perms, unbiased: bool = False,
     L = _stack(Ls, "Ls").to(K.device)
     cross = permuted_hsic_cross(K, L, perms, unbiased, dtype=dtype)
     n = K.shape[-1]
-    return _cka_batched(cross, _self(_prep(K, unbiased), n, unbiased),
-                        _self(_prep(L, unbiased), n, unbiased))
+    return cka_from_terms({"xy": cross, "xx": _self(_prep(K, unbiased), n, unbiased),
+                           "yy": _self(_prep(L, unbiased), n, unbiased)})
+
+
+def _confounder(KZ, N: int, device) -> torch.Tensor:
+    Z = _f64(KZ, "KZ", device)
+    if tuple(Z.shape) != (N, N):
+        raise ValueError(f"KZ must be the confounder's [{N}, {N}] Gram of the same samples, got "
+                         f"shape {tuple(Z.shape)}")
+    return Z
+
+
+def dcka_bootstrap_from_grams(Ks, Ls, KZ, indices, unbiased: bool = False,
+                              remove_negative_eig: bool = False) -> torch.Tensor:
+    """dCKA of every layer pair on resamples of the samples: ``[R, a, b]``.
+
+    ``Ks [a, N, N]``, ``Ls [b, N, N]``, ``KZ [N, N]`` (the confounder's Gram): Grams of all N
+    samples; ``indices [R, m]`` as in :func:`cka_bootstrap_from_grams`. Replicate r gathers the
+    rows and columns ``idx`` of every Gram *and of the confounder's*, solves the regression on
+    the gathered confounder again (:func:`~simtorch_semantic.functional.dcka.deconfound_gram`,
+    with its PSD projection when ``remove_negative_eig``) and takes CKA of the residuals.
+    """
+    K = _stack(Ks, "Ks")
+    Z = _confounder(KZ, K.shape[-1], K.device)
+
+    def residuals(Kr, Lr, i):
+        Zr = Z[i][:, i]
+        return (deconfound_gram(Kr, Zr, remove_negative_eig, unbiased),
+                deconfound_gram(Lr, Zr, remove_negative_eig, unbiased))
+
+    return _resampled_cka(K, Ls, indices, unbiased, residuals)
+
+
+def dcka_permutation_null_from_grams(Ks, Ls, KZ, perms, unbiased: bool = False,
+                                     remove_negative_eig: bool = False,
+                                     dtype=torch.float64) -> torch.Tensor:
+    """Permutation null ``[R, a, b]`` of full-data dCKA: CKA(R_K_i, P_r R_L_j P_r').
+
+    ``R_K``, ``R_L``: the deconfounded Grams of all N samples
+    (:func:`~simtorch_semantic.functional.dcka.deconfound_gram` on ``KZ [N, N]``). Model 2's
+    Gram is permuted together with its confounder, i.e. its *deconfounded* Gram is permuted;
+    the regression coefficients do not change under that permutation. ``perms [R, N]``;
+    ``dtype`` as in :func:`permuted_hsic_cross`. Without ``remove_negative_eig`` this equals
+    :func:`dcka_null_from_cross` of the permuted :func:`dcka_extended_grams`.
+    """
+    K = _stack(Ks, "Ks")
+    L = _stack(Ls, "Ls").to(K.device)
+    Z = _confounder(KZ, K.shape[-1], K.device)
+    return cka_permutation_null_from_grams(deconfound_gram(K, Z, remove_negative_eig, unbiased),
+                                           deconfound_gram(L, Z, remove_negative_eig, unbiased),
+                                           perms, unbiased, dtype)
 
 
 # ----------------------------------------------------------------------------- p-values

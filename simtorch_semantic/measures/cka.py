@@ -41,6 +41,8 @@ import torch
 
 from ..functional.cka import check_kernel, cka_from_hsic
 from ..functional.dcka import dcka_from_hsic, dcka_hsic_terms, deconfound_gram
+from ..functional.inference import (dcka_bootstrap_from_grams, dcka_extended_grams,
+                                    dcka_null_from_cross, dcka_permutation_null_from_grams)
 from ..functional.hsic import hsic_all_pairs
 from ..functional.kernels import linear_gram, rbf_gram, streaming_linear_gram
 from .base import BaseSimilarity
@@ -272,11 +274,14 @@ class DeltaCKA(CKA):
     remove_negative_eig : bool
         Project each residual Gram to the positive semi-definite cone (clip negative eigenvalues),
         as in Cui et al.'s code. This is not bilinear, so it needs ``estimator="full"``.
+
+    Inference (``n_bootstrap``, ``n_permutations``, ...) resamples the confounder with the
+    samples and solves the regression again in every bootstrap replicate; the permutation null
+    permutes model 2's *deconfounded* Gram (its Gram moved together with its confounder), see
+    docs/inference.md.
     """
 
     name = "dcka"
-    inference_unsupported = ("bootstrap and permutation inference is not implemented for dCKA yet "
-                             "(the confounder would have to be resampled with the samples)")
 
     def __init__(self, sim_model1, sim_model2, *, kernel="linear", estimator=None, unbiased=None,
                  sigma_frac=0.8, sigma=None, device="cpu", confounder=None,
@@ -332,6 +337,11 @@ class DeltaCKA(CKA):
                                    "(residual HSIC with itself is 0)")
         return matrix.cpu().numpy()
 
+    def _resampled_unit(self) -> str:
+        return (super()._resampled_unit() + "; the confounder is resampled with the samples and "
+                "the regression solved again per replicate; the permutations move model 2's "
+                "deconfounded Gram (its Gram together with its confounder)")
+
     def _params(self) -> dict:
         params = super()._params()
         params.update(confounder="input" if self.confounder is None else getattr(self.confounder, "__name__", "callable"),
@@ -344,6 +354,8 @@ class StreamingDeltaCKA(DeltaCKA, StreamingCKA):
     ``hsic_xy``, ``hsic_xx``, ``hsic_yy``, ``hsic_xz [L1]``, ``hsic_yz [L2]``, ``hsic_zz []``)."""
 
     _TERMS = ("xy", "xx", "yy", "xz", "yz", "zz")
+    #: the permutation null permutes [Ls; K_Z] against [Ks; K_Z] (dcka_null_from_cross)
+    inference_null_extra = 1
 
     def _add_states(self) -> None:
         super()._add_states()
@@ -361,7 +373,22 @@ class StreamingDeltaCKA(DeltaCKA, StreamingCKA):
         return {t: getattr(h, t) for t in self._TERMS}
 
     def _compute_matrix(self) -> np.ndarray:
-        return self._matrix_from_dcka_terms({t: getattr(self, f"hsic_{t}") for t in self._TERMS})
+        return self._matrix_from_dcka_terms(self._summed_terms())
+
+    def _summed_terms(self) -> dict:
+        return {t: getattr(self, f"hsic_{t}") for t in self._TERMS}
+
+    # -- inference: per-batch terms resampled, the regression solved again per replicate
+    def _inference_batch(self, Ks, Ls, unbiased) -> None:
+        if self.n_permutations:  # permute model 2's Grams together with the confounder's
+            Ks, Ls = dcka_extended_grams(Ks, Ls, self._kz)
+        super()._inference_batch(Ks, Ls, unbiased)
+
+    def _statistic_from_terms(self, terms: dict) -> torch.Tensor:
+        return dcka_from_hsic(terms)
+
+    def _null_from_cross(self, cross: torch.Tensor) -> torch.Tensor:
+        return dcka_null_from_cross(cross, self._summed_terms())
 
 
 class FullDeltaCKA(DeltaCKA, FullCKA):
@@ -384,12 +411,30 @@ class FullDeltaCKA(DeltaCKA, FullCKA):
         self._check_full_memory()
         Kz = self._full_grams({"input": self._z_store.tensors()["input"]})[0]
         Ks, Ls = self._full_grams(acts1), self._full_grams(acts2)
+        # resampled (with the confounder's Gram) by index gathers for inference, if on
+        self._keep_grams(Ks, Ls, self.unbiased, confounder=Kz)
+        if self.n_permutations and not self.unbiased:
+            self._note("with the biased HSIC the shared confounder's diagonal inflates the observed "
+                       "dCKA relative to its permutation null, so p-values come out too small even "
+                       "for unrelated models (docs/inference.md); use unbiased=True for p-values")
         if self.remove_negative_eig:
-            Ks = torch.stack([deconfound_gram(K, Kz, True, self.unbiased) for K in Ks])
-            Ls = torch.stack([deconfound_gram(L, Kz, True, self.unbiased) for L in Ls])
+            Ks = deconfound_gram(Ks, Kz, True, self.unbiased)
+            Ls = deconfound_gram(Ls, Kz, True, self.unbiased)
             return self._matrix_from_grams(Ks, Ls)  # plain CKA of the already deconfounded Grams
         h = dcka_hsic_terms(Ks, Ls, Kz, unbiased=self.unbiased)
         return self._matrix_from_dcka_terms({t: getattr(h, t) for t in StreamingDeltaCKA._TERMS})
+
+    # -- inference: the confounder's Gram is gathered with the samples' (measures/inference.py)
+    def _grams_bootstrap(self, idx: torch.Tensor) -> torch.Tensor:
+        Ks, Ls, unbiased = self._inf_grams
+        return dcka_bootstrap_from_grams(Ks, Ls, self._inf_confounder, idx, unbiased,
+                                         self.remove_negative_eig)
+
+    def _grams_null(self, perms: torch.Tensor) -> torch.Tensor:
+        Ks, Ls, unbiased = self._inf_grams
+        return dcka_permutation_null_from_grams(Ks, Ls, self._inf_confounder, perms.to(Ks.device),
+                                                unbiased, self.remove_negative_eig,
+                                                dtype=self.permutation_dtype)
 
 
 CKA._forms = {"minibatch": StreamingCKA, "full": FullCKA}

@@ -23,6 +23,13 @@ activations of all samples (RSA, Procrustes, CCA)
     The matrix is recomputed from the stored activations for every resample (model 1 and 2 at
     the same drawn samples) and every permutation (model 2's samples permuted).
 
+How a replicate becomes the matrix is the measure's (hooks ``_statistic_from_terms``,
+``_null_from_cross``, ``_grams_bootstrap``, ``_grams_null``; CKA's by default). Deconfounded CKA
+keeps six per-batch terms, stacks the confounder's Gram onto both sides of the streaming
+permutation null (``inference_null_extra = 1``: ``inference_null_xy [R, L1 + 1, L2 + 1]``), and
+hands its confounder's ``[N, N]`` Gram to ``_keep_grams`` in the full form; the functions are
+in :mod:`simtorch_semantic.functional.inference` (dCKA section).
+
 BCa intervals need jackknife values: leave-one-batch-out for the streaming route, otherwise
 leave-one-group-out over ``min(N, 20)`` random groups of samples (a grouped jackknife).
 """
@@ -36,14 +43,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..functional.inference import (INTERVAL_METHODS, bootstrap_indices, bootstrap_interval,
-                                    calibrated_scores, cka_bootstrap_from_grams,
+from ..functional.inference import (INTERVAL_METHODS, bootstrap_counts, bootstrap_indices,
+                                    bootstrap_interval, calibrated_scores,
+                                    cka_bootstrap_from_grams, cka_from_terms,
                                     cka_permutation_null_from_grams, make_generator,
                                     permutation_p_values, permuted_hsic_cross, random_permutations,
-                                    streaming_cka_bootstrap, streaming_cka_jackknife,
+                                    streaming_bootstrap_terms, streaming_jackknife_terms,
                                     westfall_young_p_values)
 from .. import distributed as _dist
-from ..functional.cka import cka_from_hsic
 
 __all__ = ["InferenceMixin", "INFERENCE_OPTIONS"]
 
@@ -88,6 +95,9 @@ class InferenceMixin:
     inference_unsupported: str | None = None
     #: True for measures that offer the streaming route (per-batch HSIC states)
     inference_streaming = False
+    #: extra Grams stacked onto both sides of the streaming permutation null (dCKA: the
+    #: confounder's), so ``inference_null_xy`` is ``[R, L1 + e, L2 + e]``
+    inference_null_extra = 0
     #: precision of the permuted Gram products of the permutation null (the Grams are
     #: double-centred in float64 first; sums and self terms stay float64). float32 halves the
     #: memory traffic of the gathers; set float64 on an instance for bit-for-bit double nulls.
@@ -119,9 +129,9 @@ class InferenceMixin:
             if self.n_bootstrap:
                 self.keep_batch_stats = True
             if self.n_permutations:
-                R = self.n_permutations
+                R, e = self.n_permutations, self.inference_null_extra
                 self.add_state("inference_null_xy",
-                               lambda n1, n2: torch.zeros(R, n1, n2, dtype=torch.float64))
+                               lambda n1, n2: torch.zeros(R, n1 + e, n2 + e, dtype=torch.float64))
 
     @property
     def inference_active(self) -> bool:
@@ -131,6 +141,7 @@ class InferenceMixin:
     def _reset_inference(self) -> None:
         self._inf_seed = None
         self._inf_grams = None      # (Ks, Ls, unbiased) of the Gram route
+        self._inf_confounder = None  # the confounder's [N, N] Gram of the Gram route (dCKA)
 
     def _seed_used(self) -> int:
         if self._inf_seed is None:
@@ -162,10 +173,35 @@ class InferenceMixin:
                                     dtype=self.permutation_dtype)
         self.inference_null_xy.add_(cross)
 
-    def _keep_grams(self, Ks: torch.Tensor, Ls: torch.Tensor, unbiased: bool) -> None:
-        """Gram route: the ``[L1, N, N]`` and ``[L2, N, N]`` kernel matrices of all samples."""
+    def _keep_grams(self, Ks: torch.Tensor, Ls: torch.Tensor, unbiased: bool,
+                    confounder: torch.Tensor | None = None) -> None:
+        """Gram route: the ``[L1, N, N]`` and ``[L2, N, N]`` kernel matrices of all samples (and
+        the confounder's ``[N, N]`` Gram, for dCKA)."""
         if self.inference_active:
             self._inf_grams = (Ks, Ls, bool(unbiased))
+            self._inf_confounder = confounder
+
+    # ------------------------------------------------------------------ the statistic
+    # What is resampled is generic; how a replicate becomes the matrix is the measure's. These
+    # defaults are CKA's; dCKA overrides them (measures/cka.py).
+    def _statistic_from_terms(self, terms: dict) -> torch.Tensor:
+        """Streaming route: the matrix ``[R, L1, L2]`` from (resampled) summed terms ``[R, ...]``."""
+        return cka_from_terms(terms)
+
+    def _null_from_cross(self, cross: torch.Tensor) -> torch.Tensor:
+        """Streaming route: the null ``[R, L1, L2]`` from the summed permuted cross terms."""
+        return cka_from_terms({"xy": cross, "xx": self.hsic_xx, "yy": self.hsic_yy})
+
+    def _grams_bootstrap(self, idx: torch.Tensor) -> torch.Tensor:
+        """Gram route: the matrix at each row of sample indices ``idx [R, m]``."""
+        Ks, Ls, unbiased = self._inf_grams
+        return cka_bootstrap_from_grams(Ks, Ls, idx, unbiased)
+
+    def _grams_null(self, perms: torch.Tensor) -> torch.Tensor:
+        """Gram route: the permutation null for model 2's samples permuted by ``perms [R, N]``."""
+        Ks, Ls, unbiased = self._inf_grams
+        return cka_permutation_null_from_grams(Ks, Ls, perms.to(Ks.device), unbiased,
+                                               dtype=self.permutation_dtype)
 
     def _inference_params(self) -> dict:
         if not self.inference_active:
@@ -214,7 +250,9 @@ class InferenceMixin:
     def _bootstrap_replicates(self, gen):
         if self.inference_streaming:
             stats = self.batch_stats()
-            return streaming_cka_bootstrap(stats["xy"], stats["xx"], stats["yy"], self.n_bootstrap, gen)
+            first = next(iter(stats.values()))
+            counts = bootstrap_counts(first.shape[0], self.n_bootstrap, gen, first.device)
+            return self._statistic_from_terms(streaming_bootstrap_terms(stats, counts))
         n = self._inference_n_samples()
         idx = bootstrap_indices(n, self.n_bootstrap, gen)
         if self._inf_grams is not None:
@@ -223,8 +261,7 @@ class InferenceMixin:
 
     def _jackknife_values(self):
         if self.inference_streaming:
-            stats = self.batch_stats()
-            return streaming_cka_jackknife(stats["xy"], stats["xx"], stats["yy"])
+            return self._statistic_from_terms(streaming_jackknife_terms(self.batch_stats()))
         n = self._inference_n_samples()
         groups = min(n, _JACKKNIFE_GROUPS)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
@@ -241,14 +278,11 @@ class InferenceMixin:
     # -- permutations
     def _permutation_null(self, gen):
         if self.inference_streaming:
-            return cka_from_hsic(self.inference_null_xy, self.hsic_xx[None, :, None],
-                                 self.hsic_yy[None, None, :])
+            return self._null_from_cross(self.inference_null_xy)
         n = self._inference_n_samples()
         perms = random_permutations(n, self.n_permutations, gen)
         if self._inf_grams is not None:
-            Ks, Ls, unbiased = self._inf_grams
-            return cka_permutation_null_from_grams(Ks, Ls, perms.to(Ks.device), unbiased,
-                                                   dtype=self.permutation_dtype)
+            return self._grams_null(perms)
         return self._recompute(perms, same_for_both=False, desc="permutations")
 
     # -- helpers
@@ -258,10 +292,9 @@ class InferenceMixin:
         return int(self._n_samples)
 
     def _gram_replicates(self, idx, desc) -> torch.Tensor:
-        Ks, Ls, unbiased = self._inf_grams
-        idx = idx.to(Ks.device)
+        idx = idx.to(self._inf_grams[0].device)
         chunks = list(idx.split(_GRAM_CHUNK))
-        parts = [cka_bootstrap_from_grams(Ks, Ls, c, unbiased)
+        parts = [self._grams_bootstrap(c)
                  for c in tqdm(chunks, desc=f"{self.name} {desc}", unit="chunk",
                                disable=desc is None or not self._progress or len(chunks) < 2)]
         return torch.cat(parts)
