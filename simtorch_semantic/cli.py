@@ -138,8 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
         "on stderr.")
     cmp_.add_argument("model_a", metavar="MODEL_A", help="torchvision model name, e.g. resnet18")
     cmp_.add_argument("model_b", metavar="MODEL_B", help="torchvision model name, e.g. resnet34")
-    cmp_.add_argument("--out", required=True, metavar="DIR",
-                      help="folder for the PNG, CSV and JSON files (created if missing)")
+    cmp_.add_argument("--out", default=None, metavar="DIR",
+                      help="folder for the PNG, CSV and JSON files (created if missing; "
+                      "required unless --list-layers)")
+    cmp_.add_argument("--list-layers", action="store_true",
+                      help="print every layer name of MODEL_A and MODEL_B with its module type "
+                      "(the default selection marked with *) and exit")
     cmp_.add_argument("--measure", default="cka", metavar="NAME",
                       help=f"similarity measure (default: cka): {measure_list}; or any other "
                       "registered measure or alias (see --list-measures), computed with "
@@ -473,6 +477,24 @@ def list_measures_text() -> str:
     return "\n".join(lines)
 
 
+def _layer_hint(err) -> str:
+    """A layer-selection error for the command line: the Python hint becomes the CLI's."""
+    return _one_line(err).replace("SimilarityModel.available_layers()",
+                                  "--list-layers")
+
+
+def _layer_listing(name: str, model) -> str:
+    """Every module name of ``model`` with its type; the default selection marked with ``*``."""
+    from .model import SimilarityModel, default_layers
+    names = SimilarityModel(model, model_name=name).available_layers()
+    chosen = set(default_layers(model))
+    types = dict(model.named_modules())
+    lines = [f"{name}: {len(names)} modules, {len(chosen)} selected by default (*); select with "
+             "--layers-a/--layers-b (names or globs, comma-separated)"]
+    lines += [f"  {'*' if n in chosen else ' '} {n:<40} {type(types[n]).__name__}" for n in names]
+    return "\n".join(lines)
+
+
 def _compare(args) -> int:
     spec = None if args.measure in MEASURES else _registered(args.measure)
     if spec is not None and spec.name in MEASURES:
@@ -542,8 +564,11 @@ def _compare(args) -> int:
     if distributed.launched_by_torchrun():           # torchrun: one process per rank
         device = distributed.init_from_env(device)
     lead = distributed.rank() == 0                   # rank 0 alone prints and writes
-    out = Path(args.out).expanduser()
-    if out.exists() and not out.is_dir():
+    if args.out is None and not args.list_layers:
+        raise CLIError("the following argument is required: --out DIR (the folder for the "
+                       "PNG, CSV and JSON files)")
+    out = Path(args.out).expanduser() if args.out is not None else None
+    if out is not None and out.exists() and not out.is_dir():
         raise CLIError(f"--out '{out}' is a file; give a folder (it is created if missing)")
     if spec is None and args.measure not in measures:
         raise CLIError(f"--measure {args.measure} needs {module}, which cannot be imported in "
@@ -568,16 +593,21 @@ def _compare(args) -> int:
     torch.manual_seed(args.seed)                  # seeded weights (main() forks the RNG)
     model_a = _build_model(name_a, weights_a, progress)
     model_b = _build_model(name_b, weights_b, progress)
+    if args.list_layers:
+        if lead:
+            for name, model in ((name_a, model_a), (name_b, model_b)):
+                print(_layer_listing(name, model))
+        return 0
     try:
         sim_a = SimilarityModel(model_a, model_name=name_a, layers_to_include=layers_a,
                                 device=device)
     except _ERRORS as err:
-        raise CLIError(f"--layers-a: {_one_line(err)}") from err
+        raise CLIError(f"--layers-a: {_layer_hint(err)}") from err
     try:
         sim_b = SimilarityModel(model_b, model_name=name_b, layers_to_include=layers_b,
                                 device=device)
     except _ERRORS as err:
-        raise CLIError(f"--layers-b: {_one_line(err)}") from err
+        raise CLIError(f"--layers-b: {_layer_hint(err)}") from err
     _preflight(sim_a, dataset, "MODEL_A", "--layers-a", args.image_size)
     _preflight(sim_b, dataset, "MODEL_B", "--layers-b", args.image_size)
 

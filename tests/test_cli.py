@@ -438,3 +438,27 @@ def test_bad_inference_arguments(argv, match, tmp_path, capsys):
                  "--batch-size", "8", "--no-progress", "--out", str(tmp_path / "o"), *argv]) == 2
     import re
     assert re.search(match, _one_line_error(capsys))
+
+
+def test_list_layers_prints_every_module_and_the_default_selection(capsys):
+    assert main(["compare", "resnet18", "resnet34", "--list-layers"]) == 0  # no --out needed
+    out = capsys.readouterr().out
+    net = torchvision.models.resnet18(weights=None)
+    names = [n for n, _ in net.named_modules() if n]
+    block = out.split("resnet34:")[0]
+    listed = [line.split()[-2] for line in block.splitlines()[1:]]
+    assert listed == names  # every module, in registration order, with its type after it
+    marked = [line.split()[1] for line in block.splitlines()[1:] if line.lstrip().startswith("*")]
+    from simtorch_semantic.model import default_layers
+    assert marked == default_layers(net) and "layer4.1" in marked
+    assert "resnet34: " in out and "layer3.5" in out
+
+
+def test_missing_out_and_unknown_layer_point_to_cli_options(capsys):
+    assert main(["compare", "resnet18", "resnet18"]) == 2
+    assert "required: --out DIR" in capsys.readouterr().err
+    assert main(["compare", "resnet18", "resnet18", "--layers-a", "nonexistent", "--n", "8",
+                 "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert "--layers-a: layer 'nonexistent' not found" in err
+    assert "see --list-layers" in err and "SimilarityModel" not in err
