@@ -615,7 +615,9 @@ def _compare(args) -> int:
         measure = measures[args.measure](sim_a, sim_b, device=device, **options)
     except _ERRORS as err:
         where = "--option" if args.option else f"--measure {args.measure}"
-        raise CLIError(f"{where}: {cls_name}: {_one_line(err)}") from err
+        msg = _one_line(err)
+        msg = msg[len(cls_name) + 2:] if msg.startswith(f"{cls_name}: ") else msg
+        raise CLIError(f"{where}: {cls_name}: {msg}") from err
     # its own generator: iterating the loader draws a base seed, not from the global RNG
     loader = DataLoader(dataset, batch_size=min(args.batch_size, args.n), shuffle=False,
                         generator=torch.Generator().manual_seed(args.seed))

@@ -516,3 +516,23 @@ def test_float64_dual_certifies_where_the_rounding_bound_is_loose(matching):
                                 progress=False)
     np.testing.assert_array_less(K, ref + 1e-9 * np.abs(ref))
     np.testing.assert_array_less(ref * (1 - 1e-3) - 1e-9 * np.abs(ref), K)
+
+
+def test_unknown_solver_options_are_refused_up_front(capsys):
+    m = SimilarityModel(Two(), model_name="t", layers_to_include=["a"])
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['max_positon'\].*did you mean "
+                                        r"max_positions\?"):
+        SemanticCKA(m, m, max_positon=4)  # before any data is seen
+    with pytest.raises(TypeError, match=r"semantic_sim_parallel: unknown option\(s\) \['kk'\]"):
+        semantic_sim_parallel(torch.rand(3, 4, 2), layout="nsc", kk=1, progress=False)
+    # every solver option of "auto" reaches the solver it picks (here the auction's max_bids)
+    x = torch.rand(4, 150, 3)
+    K = semantic_sim_parallel(x, layout="nsc", matching="auto", max_bids=10**6, progress=False)
+    ref = semantic_sim_parallel(x, layout="nsc", matching="exact", progress=False)
+    np.testing.assert_allclose(K, ref, rtol=1e-3)
+    from simtorch_semantic.cli import main
+    assert main(["compare", "resnet18", "resnet18", "--measure", "semantic_cka", "--n", "8",
+                 "--image-size", "32", "--option", "max_positon=4", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert "--option: SemanticCKA: unknown option(s) ['max_positon']" in err
+    assert "SemanticCKA: SemanticCKA" not in err and "did you mean max_positions?" in err

@@ -93,6 +93,7 @@ __all__ = [
     "estimate_seconds",
     "choose_solver",
     "solve_assignment",
+    "check_options",
     "assignment_objective",
     "estimate_exact_seconds",
     "resolve_n_workers",
@@ -734,7 +735,21 @@ _OPTIONS = {
     "batch_optimal": {"k", "row_norms", "col_norms", "n_workers"},
     "greedy": {"n_workers"},
 }
-_OPTIONS["auto"] = _OPTIONS["exact"] | _OPTIONS["batched"]
+_OPTIONS["auto"] = _OPTIONS["exact"] | _OPTIONS["batched"] | _OPTIONS["auction"]
+
+
+def check_options(method, options, where=""):
+    """Raise ``TypeError`` naming the valid keys when ``options`` holds a key that ``method``
+    (a name of :data:`MATCHINGS`) does not take; ``where`` prefixes the message. Callers that
+    hand options on later (the semantic pipeline, ``SemanticCKA``) check them up front."""
+    _check_method(method)
+    allowed = _OPTIONS[method]
+    unknown = set(options) - allowed
+    if unknown:
+        raise TypeError(
+            f"{where}unknown option(s) {sorted(unknown)} for matching method {method!r}; "
+            f"valid options: {sorted(allowed) or 'none'}"
+        )
 
 
 def solve_assignment(affinity, method="exact", **options):
@@ -754,7 +769,8 @@ def solve_assignment(affinity, method="exact", **options):
             ``batch_optimal``: ``k`` (block size, default 256), ``row_norms``/``col_norms``
             ``[B, S]`` (norms of the two samples' vectors; default proxies are the affinity's
             row/column maxima), ``n_workers``;
-            ``greedy``: none; ``auto``: those of ``exact`` and ``batched``.
+            ``greedy``: none; ``auto``: those of ``exact``, ``batched`` and ``auction`` (each
+            solver takes the ones it knows).
             Every method accepts ``n_workers`` (ignored by the vectorised ``auction``,
             ``batched`` and ``greedy``), so callers can pass it uniformly. Unknown options raise
             ``TypeError``.
@@ -767,15 +783,8 @@ def solve_assignment(affinity, method="exact", **options):
         ValueError: unknown ``method`` (the message lists :data:`MATCHINGS`), input that is not
         ``[S, S]``/``[B, S, S]``, not square, empty, or holds NaN/Inf; bad option values.
     """
-    _check_method(method)
+    check_options(method, options)
     a, was_2d = _as_affinity_batch(affinity)
-    allowed = _OPTIONS[method]
-    unknown = set(options) - allowed
-    if unknown:
-        raise TypeError(
-            f"unknown option(s) {sorted(unknown)} for method {method!r}; "
-            f"valid options: {sorted(allowed) or 'none'}"
-        )
     if method == "auto":
         method = choose_solver(a.shape[-1])
         options = {k: v for k, v in options.items() if k in _OPTIONS[method]}

@@ -63,6 +63,7 @@ from simtorch_semantic.functional.matching import (
     solve_auction,
     batched_auction,
     check_exact_feasible,
+    check_options,
     choose_solver,
     solve_assignment,
 )
@@ -712,6 +713,7 @@ def semantic_sim_parallel(x, y=None, kernel="linear", matching="auto", n_workers
     """
     kernels, was_list = _check_kernels(kernel)
     _check_matching(matching)
+    check_options(matching, matching_options, "semantic_sim_parallel: ")
     sigma = _check_sigma(sigma)
     workers = resolve_n_workers(n_workers)
     max_positions = _check_max_positions(max_positions)

@@ -60,7 +60,7 @@ from tqdm.auto import tqdm
 
 from ..functional.cka import cka_from_hsic
 from ..functional.hsic import hsic_all_pairs
-from ..functional.matching import MATCHINGS, choose_solver, estimate_seconds
+from ..functional.matching import MATCHINGS, check_options, choose_solver, estimate_seconds
 from ..functional.matching import format_seconds as _fmt_seconds
 from ..functional.semantic import (
     KERNELS,
@@ -296,6 +296,18 @@ class SemanticCKA(CollectingSimilarity):
         self.unbiased = bool(unbiased)
         self.psd = psd
         self.layout = layout
+        try:
+            check_options(matching, matching_options, "SemanticCKA: ")
+        except TypeError as err:  # a typo of the measure's own keyword is the likely cause
+            import difflib
+            import inspect
+            own = [k for k, p in inspect.signature(SemanticCKA.__init__).parameters.items()
+                   if p.kind is p.KEYWORD_ONLY] + list(INFERENCE_OPTIONS)
+            close = sorted({c for k in matching_options
+                            for c in difflib.get_close_matches(k, own, n=2, cutoff=0.75)})
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise TypeError(f"{err} (keywords that are not SemanticCKA's own go to the solver; "
+                            f"its own: {', '.join(own)}){hint}") from None
         self.matching_options = dict(matching_options)
         self.max_minutes = None if max_minutes is None else float(max_minutes)
         self.max_positions = max_positions
