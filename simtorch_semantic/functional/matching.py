@@ -838,12 +838,12 @@ def assignment_objective(affinity, perm):
 
 # Calibration of the exact solver's time (scipy.optimize.linear_sum_assignment on ReLU
 # inner-product affinities of a random-init ResNet-18 on photographs, one thread, on a 2-core
-# AMD EPYC at load average ~1.7; benchmarks/calibrate_matching.py, figures in
-# benchmarks/RESULTS.md): 0.08 s at S = 576, 6.4 s at S = 2304, 12 s at S = 3136. Random
+# AMD EPYC at load average ~0.8; benchmarks/calibrate_matching.py, figures in
+# benchmarks/RESULTS.md): 0.07 s at S = 576, 5.4 s at S = 2304, 9.9 s at S = 3136. Random
 # Gaussian matrices are several times faster; structured ReLU affinities (every row prefers the
 # same high-norm columns) are the slow case.
-_EXACT_C3 = 3.65e-10
-_EXACT_C2 = 3.79e-8
+_EXACT_C3 = 3.18e-10
+_EXACT_C2 = 4.06e-8
 
 
 def estimate_exact_seconds(S, B=1, n_workers=None):
@@ -863,11 +863,12 @@ def estimate_exact_seconds(S, B=1, n_workers=None):
 # Calibration of the certified auctions (seconds per problem on the same affinities of two
 # different photographs, S = 36 ... 3136, one thread; the compiled auction one problem at a time
 # on float32 affinities, the torch batched auction on a block of the problems): t(S) ~= c * S^e,
-# fitted and printed by benchmarks/calibrate_matching.py in the same run as the exact fit above.
-_AUCTION_C = 5.13e-8
-_AUCTION_E = 1.933
-_BATCHED_C = 3.54e-5
-_BATCHED_E = 1.483
+# fitted on S >= 100 (where auto may pick them) and printed by benchmarks/calibrate_matching.py
+# in the same run as the exact fit above.
+_AUCTION_C = 1.76e-8
+_AUCTION_E = 2.083
+_BATCHED_C = 2.85e-5
+_BATCHED_E = 1.491
 # Which solvers "auto" considers: on the CPU exact or the compiled auction (the batched torch
 # auction measured 10-30x slower than the compiled one there: its Jacobi rounds cost a fixed
 # ~0.3 ms each, and a problem needs thousands). On other devices the batched auction, whose
