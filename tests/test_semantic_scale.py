@@ -108,6 +108,7 @@ def test_batched_auction_on_real_conv_features():
         v = conv(x).flatten(2).transpose(1, 2)  # [4, 100, 16]
     a = torch.stack([v[0] @ v[1].T, v[2] @ v[3].T, v[1] @ v[2].T])
     check_certified(a.double().numpy(), batched_auction(a))
+    check_auction(a.numpy())  # the compiled auction on the same float32 affinities
 
 
 def test_batched_auction_ties_constant_and_rank_one():
