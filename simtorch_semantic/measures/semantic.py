@@ -38,7 +38,7 @@ Plan before work. When the first batch arrives (before anything is collected or 
 layer shapes and the planned number of samples give a plan: per layer ``S``, ``C``, the number of
 pair problems ``n (n - 1) / 2``, the solver (``matching="auto"``: ``matching.choose_solver``) and
 its estimated time (``matching.estimate_seconds``, calibrated by
-``benchmarks/calibrate_matching.py``), and the total. It is printed to stderr (when progress is
+``benchmarks/calibrate_matching.py``, plus forming the affinities), and the total. It is printed to stderr (when progress is
 on) and kept in ``measure.plan``; above ``max_minutes`` (default 60; None: no limit) the run stops
 with :class:`PlanTooLarge`, whose message holds the plan and concrete ways to shrink it (fewer
 samples, ``max_positions=``, fewer layers). All pairs of all layers then advance one progress bar
@@ -60,7 +60,8 @@ from tqdm.auto import tqdm
 
 from ..functional.cka import cka_from_hsic
 from ..functional.hsic import hsic_all_pairs
-from ..functional.matching import MATCHINGS, check_options, choose_solver, estimate_seconds
+from ..functional.matching import (MATCHINGS, check_options, choose_solver, estimate_seconds,
+                                    resolve_n_workers)
 from ..functional.matching import format_seconds as _fmt_seconds
 from ..functional.semantic import (
     KERNELS,
@@ -76,6 +77,12 @@ from .collect import CollectingSimilarity
 from .inference import INFERENCE_OPTIONS
 
 __all__ = ["SemanticCKA", "rsm_cka_matrix", "psd_clip", "PlanTooLarge", "SemanticPlan"]
+
+
+# floating-point rate of forming one pair's affinity ``V_i V_j^T`` (a single-threaded float32
+# product) in the plan's estimate: 2 S^2 C flops took 23 ms at S = 2304, C = 64 (30 GFLOP/s) and
+# 0.7 ms at S = 576 (62 GFLOP/s) on the 2-core test machine; the lower rate is used
+_AFFINITY_FLOPS = 3.0e10
 
 
 class SemanticPlan:
@@ -361,11 +368,15 @@ class SemanticCKA(CollectingSimilarity):
     def _solver_for(self, S):
         return choose_solver(S, self.store_device) if self.matching == "auto" else self.matching
 
-    def _estimate(self, solver, S, pairs):
+    def _estimate(self, solver, S, pairs, C=0):
+        """Seconds to match ``pairs`` problems of ``S`` positions and ``C`` channels: the solver's
+        calibrated time plus forming the affinities (one ``S x S x C`` product per pair)."""
         try:
-            return estimate_seconds(solver, S, pairs, n_workers=self.n_workers)
+            sec = estimate_seconds(solver, S, pairs, n_workers=self.n_workers)
         except ValueError:  # solvers without a cost model (batch_optimal, greedy): <= auction
-            return estimate_seconds("auction", S, pairs, n_workers=self.n_workers)
+            sec = estimate_seconds("auction", S, pairs, n_workers=self.n_workers)
+        workers = min(resolve_n_workers(self.n_workers), max(int(pairs), 1))
+        return sec + pairs * 2.0 * S * S * C / _AFFINITY_FLOPS / workers
 
     def make_plan(self, feats1, feats2, n):
         """:class:`SemanticPlan` for ``n`` samples from one batch of each model's activations."""
@@ -384,7 +395,7 @@ class SemanticCKA(CollectingSimilarity):
                     solver, sec = "baseline", 0.0
                 else:
                     solver = self._solver_for(S)
-                    sec = self._estimate(solver, S, pairs)
+                    sec = self._estimate(solver, S, pairs, C)
                 seen.append(act)
                 rows.append({"model": model.model_name, "layer": layer, "S": max(S, 1), "C": C,
                              "pairs": pairs, "solver": solver, "seconds": float(sec)})
@@ -398,7 +409,7 @@ class SemanticCKA(CollectingSimilarity):
                 if r["solver"] in ("baseline", "reused"):
                     continue
                 S = r["S"] if mp is None else min(r["S"], mp)
-                t += self._estimate(self._solver_for(S), S, n * (n - 1) // 2)
+                t += self._estimate(self._solver_for(S), S, n * (n - 1) // 2, r["C"])
             return t
         best_n = None
         for n in range(plan.n - 1, 3, -1):
