@@ -221,12 +221,16 @@ def test_constant_layer_gives_nan_and_note():
 
     net = nn.Sequential(nn.Identity(), Zero())
     m = SimilarityModel(net, model_name="z", layers_to_include=["0", "1"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         res = SemanticCKA(m, m, kernel="ip").compute(loader, progress=False)
     assert np.isnan(res.matrix[1]).all() and np.isnan(res.matrix[:, 1]).all()
     assert res.matrix[0, 0] == pytest.approx(1.0)
-    assert any("z.1: RSM constant" in n for n in res.notes)
+    # one note (and one warning) for the run, the layer named once although both sides hold it
+    constant = [n for n in res.notes if "semantic RSM after centring" in n]
+    assert constant == ["layer '1' of z is constant in its semantic RSM after centring (or of "
+                        "non-positive self-HSIC): its semantic_cka is undefined and set to NaN"]
+    assert sum("semantic RSM after centring" in str(w.message) for w in caught) == 1
 
 
 def test_bad_arguments(data):

@@ -559,8 +559,8 @@ class SemanticCKA(CollectingSimilarity):
                                                device=self.device) for Gs in (Ks, Ls)), self.unbiased)
         bad1 = np.where(np.all(np.isnan(M), axis=1))[0]
         bad2 = np.where(np.all(np.isnan(M), axis=0))[0]
-        for model, bad in ((self.sim_model1, bad1), (self.sim_model2, bad2)):
-            for i in bad:
-                self._note(f"{model.model_name}.{model.layers[i]}: RSM constant after centring "
-                           "(or non-positive HSIC); its CKA is NaN")
+        self._note_constant([(model, [model.layers[i] for i in bad])
+                             for model, bad in ((self.sim_model1, bad1), (self.sim_model2, bad2))],
+                            "constant in its semantic RSM after centring (or of non-positive "
+                            "self-HSIC)")
         return M
