@@ -65,6 +65,7 @@ from simtorch_semantic.functional.matching import (
     check_exact_feasible,
     check_options,
     choose_solver,
+    dual_bound,
     solve_assignment,
 )
 
@@ -606,9 +607,7 @@ def _semantic_ip(xs, ys, matching, n_workers, progress, options, desc="semantic 
                 # room): the dual value of the solver's prices on the float64 affinity is an
                 # exact bound; only the pairs that miss rel_tol with it are solved exactly
                 a64 = np.matmul(x64[ii[bad]], y64[jj[bad]].transpose(0, 2, 1))  # BLAS
-                pb = prices[bad]
-                d64 = (a64 - pb[:, None, :]).max(axis=2).sum(axis=1) + pb.sum(axis=1)
-                gap[bad] = d64 - vals[bad]
+                gap[bad] = dual_bound(a64, prices[bad]) - vals[bad]
                 still = gap[bad] > rel_tol * np.abs(vals[bad])
                 idx = np.flatnonzero(bad)[still]
                 if idx.size:
