@@ -485,13 +485,12 @@ def _layer_hint(err) -> str:
 
 def _layer_listing(name: str, model) -> str:
     """Every module name of ``model`` with its type; the default selection marked with ``*``."""
-    from .model import SimilarityModel, default_layers
-    names = SimilarityModel(model, model_name=name).available_layers()
+    from .model import default_layers
+    modules = [(n, m) for n, m in model.named_modules() if n]  # available_layers()' order
     chosen = set(default_layers(model))
-    types = dict(model.named_modules())
-    lines = [f"{name}: {len(names)} modules, {len(chosen)} selected by default (*); select with "
-             "--layers-a/--layers-b (names or globs, comma-separated)"]
-    lines += [f"  {'*' if n in chosen else ' '} {n:<40} {type(types[n]).__name__}" for n in names]
+    lines = [f"{name}: {len(modules)} modules, {len(chosen)} selected by default (*); select "
+             "with --layers-a/--layers-b (names or globs, comma-separated)"]
+    lines += [f"  {'*' if n in chosen else ' '} {n:<40} {type(m).__name__}" for n, m in modules]
     return "\n".join(lines)
 
 
