@@ -255,21 +255,12 @@ def test_bad_arguments(data):
         SemanticCKA(convnet(1), m)
 
 
-def test_identical_layers_build_one_rsm(data, monkeypatch):
-    import simtorch_semantic.measures.semantic as ms
-
+def test_identical_layers_build_one_rsm(data, rsm_calls):
     _, loader = data
     net = convnet(7)
     m1 = SimilarityModel(net, model_name="n", layers_to_include=["1"])
     m2 = SimilarityModel(net, model_name="n", layers_to_include=["1", "3"])
-    calls = []
-    real = ms.semantic_sim_parallel
-
-    def counting(x, *a, **k):
-        calls.append(tuple(x.shape))
-        return real(x, *a, **k)
-
-    monkeypatch.setattr(ms, "semantic_sim_parallel", counting)
+    calls = rsm_calls
     res = SemanticCKA(m1, m2, kernel="ip").compute(loader, progress=False)
     assert len(calls) == 2  # layer "1" once, layer "3" once
     assert res.matrix.shape == (1, 2) and res.matrix[0, 0] == pytest.approx(1.0)

@@ -379,16 +379,8 @@ def test_plan_rows_and_printed_before_matching(capsys):
     assert any(n.startswith("matching: 56 pair problems") and "certified" in n for n in res.notes)
 
 
-def test_identical_activations_build_one_rsm(monkeypatch):
-    import simtorch_semantic.measures.semantic as ms
-    calls = []
-    real = ms.semantic_sim_parallel
-
-    def counting(x, *a, **k):
-        calls.append(tuple(x.shape))
-        return real(x, *a, **k)
-
-    monkeypatch.setattr(ms, "semantic_sim_parallel", counting)
+def test_identical_activations_build_one_rsm(rsm_calls):
+    calls = rsm_calls
     m = SimilarityModel(Two(), model_name="t", layers_to_include=["a", "b", "c"])
     res = SemanticCKA(m, m, kernel="ip").compute(loader(), progress=False)
     assert len(calls) == 2  # "a" once ("b" and model 2 reuse it), "c" once
@@ -410,16 +402,8 @@ class Scaled(nn.Module):
 
 
 @pytest.mark.parametrize("kernel", ["linear", "cosine", "rbf"])
-def test_proportional_activations_reuse_the_rsm_exactly(monkeypatch, kernel):
-    import simtorch_semantic.measures.semantic as ms
-    calls = []
-    real = ms.semantic_sim_parallel
-
-    def counting(x, *a, **k):
-        calls.append(tuple(x.shape))
-        return real(x, *a, **k)
-
-    monkeypatch.setattr(ms, "semantic_sim_parallel", counting)
+def test_proportional_activations_reuse_the_rsm_exactly(rsm_calls, kernel):
+    calls = rsm_calls
     m = SimilarityModel(Scaled(), model_name="s", layers_to_include=["a", "b", "c"])
     measure = SemanticCKA(m, m, kernel=kernel, matching="exact")
     res = measure.compute(loader(), progress=False)
@@ -428,7 +412,7 @@ def test_proportional_activations_reuse_the_rsm_exactly(monkeypatch, kernel):
     assert any("2.5 x those of s.a" in note for note in res.notes)
     # the derived RSM equals the one computed from the scaled activations themselves
     x = torch.cat([b[0] for b in loader()])
-    direct = real(2.5 * x, kernel=kernel, matching="exact", progress=False)
+    direct = semantic_sim_parallel(2.5 * x, kernel=kernel, matching="exact", progress=False)
     K = measure._rsms({"a": x, "b": 2.5 * x}, m, [])[1]
     np.testing.assert_allclose(K, direct, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(res.matrix[0, :2], 1.0)
