@@ -29,6 +29,7 @@ from simtorch_semantic.functional.semantic import (
     _semantic_ip,
     pool_positions,
     pooled_grid,
+    positive_multiple,
     semantic_sim_parallel,
 )
 from simtorch_semantic.measures.semantic import PlanTooLarge, SemanticCKA
@@ -399,6 +400,33 @@ class Scaled(nn.Module):
 
     def forward(self, x):
         return self.c(self.b(2.5 * self.a(x)) - 0.1)
+
+
+def test_positive_multiple_against_plain_least_squares():
+    rng = np.random.default_rng(12)
+    y = rng.normal(size=(4, 3, 5, 5))
+
+    def plain(x, y, rtol=1e-6):  # reference: least-squares factor and its residual, NumPy
+        c = float((x * y).sum() / (y * y).sum())
+        ok = c > 0 and np.linalg.norm(x - c * y) <= rtol * np.linalg.norm(x)
+        return c if ok else None
+
+    t = torch.from_numpy
+    for x in (2.5 * y, 1e-3 * y, y / np.sqrt(1 + 1e-5)):
+        assert positive_multiple(t(x), t(y)) == pytest.approx(plain(x, y), rel=1e-12)
+    assert positive_multiple(t(y), t(y)) == 1.0
+    noisy = 2.0 * y + 1e-3 * rng.normal(size=y.shape)
+    assert plain(noisy, y) is None and positive_multiple(t(noisy), t(y)) is None
+    assert positive_multiple(t(noisy), t(y), rtol=0.01) == pytest.approx(plain(noisy, y, 0.01))
+    assert positive_multiple(t(-2.0 * y), t(y)) is None                 # negative factor
+    assert positive_multiple(t(y), t(np.zeros_like(y))) is None          # zero reference
+    assert positive_multiple(t(y), t(y[:2])) is None                     # other shape
+    assert positive_multiple(t(y).float(), t(y)) is None                 # other dtype
+    with pytest.raises(TypeError, match="two torch tensors"):
+        positive_multiple(y, t(y))
+    for bad in (0, 1, -1e-3, "1e-6", True):
+        with pytest.raises(ValueError, match=r"rtol must be a number in \(0, 1\)"):
+            positive_multiple(t(y), t(y), rtol=bad)
 
 
 @pytest.mark.parametrize("kernel", ["linear", "cosine", "rbf"])

@@ -79,6 +79,7 @@ __all__ = [
     "median_sigma",
     "pool_positions",
     "pooled_grid",
+    "positive_multiple",
     "pairs_per_block",
     "available_bytes",
 ]
@@ -291,6 +292,47 @@ def pool_positions(x, max_positions, layout="ncs"):
 
 # ---------------------------------------------------------------------------------------------
 # kernels from inner products
+
+
+def positive_multiple(x, y, rtol: float = 1e-6):
+    """The factor ``c > 0`` with ``x = c * y``, or None.
+
+    ``x``, ``y``: tensors of one shape (e.g. two layers' activations ``[n, C, H, W]`` of the
+    same samples). ``c = <x, y> / <y, y>`` (least squares over all entries, in float64) is
+    returned when it is positive and ``||x - c y||_F <= rtol ||x||_F``; identical tensors give
+    ``1.0``. None when the shapes or dtypes differ, ``y`` is all zero, ``c <= 0``, or the
+    residual is larger.
+
+    Why: a positive multiple has the same optimal alignments, so its semantic RSM is the other's
+    times ``c^2`` (linear kernel) or the same (cosine; RBF with the median bandwidth, which
+    scales with ``c``). Eval-mode batch norm whose statistics are still the initial ones (mean
+    0, variance 1: ``bn(x) = x / sqrt(1 + eps)``), identities and eval-mode dropout give such
+    layers.
+
+    Raises:
+        TypeError: ``x`` or ``y`` is not a torch tensor.
+        ValueError: ``rtol`` is not a number in ``(0, 1)``.
+    """
+    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+        raise TypeError(f"positive_multiple compares two torch tensors, got "
+                        f"{type(x).__name__} and {type(y).__name__}")
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 < rtol < 1:
+        raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}")
+    if x.shape != y.shape or x.dtype != y.dtype:
+        return None
+    if torch.equal(x, y):
+        return 1.0
+    a = x.reshape(-1).double()
+    o = y.reshape(-1).to(a.device).double()
+    oo = float(o @ o)
+    if oo == 0.0:
+        return None
+    c = float(a @ o) / oo
+    if not c > 0.0:
+        return None
+    if float(torch.linalg.vector_norm(a - c * o)) > rtol * float(torch.linalg.vector_norm(a)):
+        return None
+    return c
 
 
 def median_sigma(sq_dists):

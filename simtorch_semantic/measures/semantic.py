@@ -68,6 +68,7 @@ from ..functional.semantic import (
     check_max_positions as _check_max_positions,
     pool_positions,
     pooled_grid,
+    positive_multiple,
     semantic_sim_parallel,
     similarity_calculation,
 )
@@ -125,32 +126,6 @@ class SemanticPlan:
 
     def __str__(self) -> str:
         return self.format()
-
-
-def _proportional(act, other, rtol=1e-6):
-    """``c > 0`` with ``act = c * other`` (relative Frobenius residual at most ``rtol``), else None.
-
-    Identical activations give ``c = 1``. A positive multiple has the same optimal alignments,
-    so its semantic RSM is the other's times ``c^2`` (linear kernel) or the same (cosine; RBF
-    with the median bandwidth, which scales with ``c``). This happens for eval-mode batch norm
-    whose statistics are still the initial ones (mean 0, variance 1: ``bn(x) = x / sqrt(1 +
-    eps)``), for identities and dropout in eval mode.
-    """
-    if act.shape != other.shape or act.dtype != other.dtype:
-        return None
-    if torch.equal(act, other):
-        return 1.0
-    a = act.reshape(-1).double()
-    o = other.reshape(-1).double()
-    oo = float(o @ o)
-    if oo == 0.0:
-        return None
-    c = float(a @ o) / oo
-    if not c > 0.0:
-        return None
-    if float(torch.linalg.vector_norm(a - c * o)) > rtol * float(torch.linalg.vector_norm(a)):
-        return None
-    return c
 
 
 class PlanTooLarge(ValueError):
@@ -389,7 +364,7 @@ class SemanticCKA(CollectingSimilarity):
                 act = feats[layer]
                 S, C = self._positions(act), self._channels(act)
                 pairs = n * (n - 1) // 2
-                if any(_proportional(act, a) is not None for a in seen):
+                if any(positive_multiple(act, a) is not None for a in seen):
                     solver, sec = "reused", 0.0
                 elif S <= 1 or self.baseline:
                     solver, sec = "baseline", 0.0
@@ -492,7 +467,7 @@ class SemanticCKA(CollectingSimilarity):
             act = acts[layer]
             K = None
             for other_act, other_K, other_name in built:
-                c = _proportional(act, other_act)
+                c = positive_multiple(act, other_act)
                 if c is not None:
                     K = other_K * (c * c) if self.kernel in ("linear", "ip") else other_K
                     if c != 1.0:
