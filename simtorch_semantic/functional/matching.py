@@ -312,7 +312,6 @@ def _auction_kernel(A, prices, rel_tol, theta, eps0, max_phases, max_bids):  # p
     best_bound = np.inf
     amax = -np.inf
     amin = np.inf
-    scale = 0.0
     for i in range(S):
         for j in range(S):
             v = np.float64(A[i, j])
