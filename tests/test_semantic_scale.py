@@ -19,6 +19,7 @@ from simtorch_semantic.functional.matching import (
     _solve_auction,
     assignment_objective,
     batched_auction,
+    check_options,
     choose_solver,
     dual_bound,
     estimate_seconds,
@@ -549,3 +550,16 @@ def test_unknown_solver_options_are_refused_up_front(capsys):
     err = capsys.readouterr().err
     assert "--option: SemanticCKA: unknown option(s) ['max_positon']" in err
     assert "SemanticCKA: SemanticCKA" not in err and "did you mean max_positions?" in err
+
+
+def test_check_options_names_the_valid_keys():
+    check_options("auction", {"rel_tol": 1e-3, "max_bids": 10})  # valid: no error
+    check_options("auto", {"max_bids": 10, "bidders": 2, "n_workers": 1})
+    with pytest.raises(TypeError, match=r"here: unknown option\(s\) \['k'\] for matching method "
+                                        r"'auction'; valid options: \['eps0', 'max_bids'"):
+        check_options("auction", {"k": 4}, "here: ")
+    with pytest.raises(TypeError, match=r"\['rel_tol'\] for matching method 'greedy'; valid "
+                                        r"options: \['n_workers'\]"):
+        check_options("greedy", {"rel_tol": 1e-3})
+    with pytest.raises(ValueError, match="unknown matching method 'fast'"):
+        check_options("fast", {})
